@@ -1,0 +1,202 @@
+"""Settings: one typed place for paths, models and every stage's parameters.
+
+A settings file (YAML) describes a profile. The embedded default's file is written by
+`unime-assets build-default`; a real run points the same fields at local MMEB folders and
+checkpoints (see configs/real.example.yaml). Method parameters default to the paper's values;
+the embedded profile only shrinks compute sizes (steps, batch sizes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from unime_assets.data.catalog import check_subsets, get_catalog
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
+
+
+class ModelSource(Strict):
+    path: str | None = None
+    trust_remote_code: bool = False  # never implied: remote code runs only when configured
+
+
+class LoraConfig(Strict):
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 64
+    dropout: float = 0.1
+    use_dora: bool = True
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"])
+
+
+class RetrievalSettings(Strict):
+    top_k: int = 50
+    batch_size: int = 64
+
+
+class JudgeSettings(Strict):
+    batch_size: int = 32
+
+
+class MiningSettings(Strict):
+    strategy: Literal["unime_v2"] = "unime_v2"
+    beta: float = 0.01
+    step: int = 5
+    n_negatives: int = 10
+    seed: int = 0
+
+
+class BootstrapSettings(Strict):
+    """Embedded default only: brief training that stands in for pretrained retriever / judge."""
+
+    enabled: bool = False
+    retriever_steps: int = 150
+    retriever_batch_size: int = 32
+    retriever_lr: float = 1e-3
+    retriever_temperature: float = 0.05
+    judge_steps: int = 250
+    judge_batch_size: int = 32
+    judge_lr: float = 1e-3
+
+
+class EmbedderSettings(Strict):
+    steps: int = 2000
+    batch_size: int = 512
+    grad_accum: int = 1
+    lr: float = 1e-4
+    warmup_steps: int = 200
+    k_negatives: int = 8
+    temperature: float = 0.02
+    loss: Literal["judge_kl", "infonce_mined", "infonce_inbatch"] = "judge_kl"
+    zero_stage: int = 2
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    seed: int = 42
+
+
+class RerankerSettings(Strict):
+    steps: int = 2000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 2e-5
+    warmup_steps: int = 60
+    zero_stage: int = 2
+    lora: LoraConfig = Field(
+        default_factory=lambda: LoraConfig(
+            r=128, alpha=256, dropout=0.05, use_dora=False,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        )
+    )  # fmt: skip
+    seed: int = 42
+
+
+class EvalSettings(Strict):
+    batch_size: int = 32
+    image_size: int | None = 1344  # the published setting resizes every image to 1344x1344
+    rerank: bool = True
+    rerank_top_k: int = 10
+    rerank_batch_size: int = 8
+
+
+class Settings(Strict):
+    profile: str = "real"
+    catalog: Literal["mmeb", "synthetic"] = "mmeb"
+    train_root: Path
+    train_image_root: Path
+    eval_root: Path
+    eval_image_root: Path
+    train_split: str = "original"
+    train_subsets: list[str] | None = None  # None: every subset of the catalog
+    eval_subsets: list[str] | None = None
+    max_per_subset: int | None = 50_000  # the VLM2Vec cap that gives UniME-V2's 662K pairs
+    retriever: ModelSource
+    judge: ModelSource
+    embedder_base: ModelSource
+    reranker_base: ModelSource = Field(default_factory=ModelSource)  # empty: start from the judge
+    artifacts_root: Path
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    judging: JudgeSettings = Field(default_factory=JudgeSettings)
+    mining: MiningSettings = Field(default_factory=MiningSettings)
+    bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    reranker: RerankerSettings = Field(default_factory=RerankerSettings)
+    evaluation: EvalSettings = Field(default_factory=EvalSettings)
+
+    @model_validator(mode="after")
+    def _known_subsets(self) -> Settings:
+        train, evals = get_catalog(self.catalog)
+        if self.train_subsets is not None:
+            check_subsets(self.train_subsets, train, f"{self.catalog} train")
+        if self.eval_subsets is not None:
+            check_subsets(self.eval_subsets, evals, f"{self.catalog} eval")
+        return self
+
+    @property
+    def train_subset_names(self) -> list[str]:
+        return self.train_subsets or list(get_catalog(self.catalog)[0])
+
+    @property
+    def eval_subset_names(self) -> list[str]:
+        return self.eval_subsets or list(get_catalog(self.catalog)[1])
+
+    @property
+    def eval_catalog(self):
+        return get_catalog(self.catalog)[1]
+
+    def asset_dir(self, name: str) -> Path:
+        return self.artifacts_root / name
+
+    # Checkpoint locations: bootstrapped models live under the artifacts root, real ones where configured.
+    @property
+    def retriever_path(self) -> Path:
+        return self.asset_dir("retriever_model") if self.bootstrap.enabled else _required(self.retriever, "retriever")
+
+    @property
+    def judge_path(self) -> Path:
+        return self.asset_dir("judge_model") if self.bootstrap.enabled else _required(self.judge, "judge")
+
+    @property
+    def reranker_base_path(self) -> Path:
+        return Path(self.reranker_base.path) if self.reranker_base.path else self.judge_path
+
+
+def _required(src: ModelSource, role: str) -> Path:
+    if not src.path:
+        raise ValueError(f"settings: `{role}.path` is required when bootstrap is disabled")
+    return Path(src.path)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_settings(path: str | os.PathLike, overrides: dict | None = None) -> Settings:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"settings file {p} not found: run `make demo` (embedded default) or point UNIME_SETTINGS at a YAML file"
+        )
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: expected a mapping at the top level")
+    try:
+        return Settings.model_validate(_deep_merge(raw, overrides or {}))
+    except Exception as exc:  # pydantic's message names the field; add the file
+        raise ValueError(f"invalid settings in {p}: {exc}") from exc
+
+
+def unime_home() -> Path:
+    return Path(os.environ.get("UNIME_HOME", Path.cwd() / ".unime")).resolve()
+
+
+def default_settings_file() -> Path:
+    return Path(os.environ.get("UNIME_SETTINGS", unime_home() / "embedded" / "settings.yaml"))

@@ -1,0 +1,1 @@
+"""One module per pipeline stage; each asset: read inputs, call the method layer, write, log, describe."""

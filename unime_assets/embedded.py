@@ -1,0 +1,107 @@
+"""The embedded default: synthetic MMEB-format data, tiny local Qwen backbones and a settings file.
+
+Everything a laptop needs to run the whole graph without a hub or a GPU. The data is generated
+in the real MMEB layouts and the models are saved with `save_pretrained`, so the pipeline reads
+them through exactly the code paths used for real MMEB folders and real checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from unime_assets.io import atomic_path
+from unime_assets.judging import PAIRWISE_PROMPT
+from unime_assets.reranking import LISTWISE_PROMPT
+
+
+@dataclass(frozen=True)
+class EmbeddedSize:
+    n_train: int
+    n_eval: int
+    n_candidates: int
+    overrides: dict
+
+
+# `demo` is what `make demo` builds; `test` is the reduced default the end-to-end test runs.
+SIZES: dict[str, EmbeddedSize] = {
+    "demo": EmbeddedSize(
+        n_train=120,
+        n_eval=40,
+        n_candidates=8,
+        overrides={
+            "bootstrap": {"enabled": True},
+            "embedder": {"steps": 120, "batch_size": 16, "lr": 5e-4, "warmup_steps": 10,
+                         "lora": {"enabled": False}},
+            "reranker": {"steps": 120, "batch_size": 12, "lr": 5e-4, "warmup_steps": 10,
+                         "lora": {"enabled": False}},
+            "evaluation": {"image_size": None},
+        },
+    ),  # fmt: skip
+    "test": EmbeddedSize(
+        n_train=12,
+        n_eval=6,
+        n_candidates=5,
+        overrides={
+            "bootstrap": {"enabled": True, "retriever_steps": 4, "judge_steps": 4, "retriever_batch_size": 8,
+                          "judge_batch_size": 8},
+            "retrieval": {"top_k": 12},
+            "mining": {"n_negatives": 4, "step": 2},
+            "embedder": {"steps": 3, "batch_size": 4, "k_negatives": 2, "lr": 5e-4, "warmup_steps": 1,
+                         "lora": {"enabled": False}},
+            "reranker": {"steps": 3, "batch_size": 3, "lr": 5e-4, "warmup_steps": 1, "lora": {"enabled": False}},
+            "evaluation": {"image_size": None, "rerank_top_k": 4},
+        },
+    ),  # fmt: skip
+}
+
+
+def tokenizer_corpus(texts: list[str]) -> list[str]:
+    """Synthetic texts plus the judge/reranker prompts and answers, so every answer is a few tokens."""
+    answers = ["Yes", "No"] * 200 + [f"Ans: ({i})" for i in range(1, 11)] * 40
+    # Repeated so that BPE merges each fixed phrase into a few tokens (see models.tiny.build_tokenizer).
+    prompts = [PAIRWISE_PROMPT, LISTWISE_PROMPT, "Query:", "Candidate:", "Candidates:", "system\n", "user\n",
+               "assistant\n", "You are a helpful assistant."] * 400  # fmt: skip
+    return texts * 4 + answers + prompts
+
+
+def build_embedded_default(home: str | Path, size: str = "demo", *, seed: int = 0) -> Path:
+    """Write data, tiny base checkpoints and `settings.yaml` under `home`; returns the settings path.
+
+    Idempotent: existing data with the same parameters and existing checkpoints are kept.
+    """
+    from unime_assets.data.synthetic import corpus_texts, generate
+    from unime_assets.models.tiny import build_tiny_checkpoint, build_tokenizer
+
+    if size not in SIZES:
+        raise ValueError(f"unknown embedded size {size!r}; expected one of {sorted(SIZES)}")
+    spec = SIZES[size]
+    home = Path(home).resolve()
+    layout = generate(home / "data", n_train=spec.n_train, n_eval=spec.n_eval, n_candidates=spec.n_candidates, seed=seed)
+    models_dir = home / "models"
+    qwen2vl, qwen25vl = models_dir / "tiny-qwen2-vl", models_dir / "tiny-qwen2.5-vl"
+    if not (qwen2vl / "config.json").exists() or not (qwen25vl / "config.json").exists():
+        tok = build_tokenizer(tokenizer_corpus(corpus_texts(layout)))
+        build_tiny_checkpoint(qwen2vl, tok, family="qwen2_vl", seed=seed)
+        build_tiny_checkpoint(qwen25vl, tok, family="qwen2_5_vl", seed=seed + 1)
+    settings = {
+        "profile": f"embedded-{size}",
+        "catalog": "synthetic",
+        "train_root": str(layout.train_root),
+        "train_image_root": str(layout.train_root),
+        "eval_root": str(layout.eval_root),
+        "eval_image_root": str(layout.eval_image_root),
+        "max_per_subset": None,
+        # Stand-ins for VLM2Vec (retriever) and Qwen2.5-VL-7B (judge), bootstrapped by their assets.
+        "retriever": {"path": str(qwen2vl)},
+        "judge": {"path": str(qwen25vl)},
+        "embedder_base": {"path": str(qwen2vl)},
+        "artifacts_root": str(home / "assets"),
+        **spec.overrides,
+    }
+    path = home / "settings.yaml"
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path

@@ -1,0 +1,1 @@
+"""Backbones: loading real checkpoints, building tiny ones, processors, last-token embeddings."""

@@ -1,0 +1,109 @@
+"""Turn (text, image) items into model inputs and last-token embeddings.
+
+Conventions follow VLM2Vec/UniME-V2 for Qwen2-VL embedders: the raw MMEB text is used with no
+chat template; the `<|image_1|>` placeholder becomes the backbone's image token only here, at
+encoding time; the embedding is the final hidden state of the last real token, L2-normalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+MMEB_IMAGE_PLACEHOLDER = "<|image_1|>"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One side of a pair: MMEB text (placeholder kept) and an image path relative to a root ('' = none)."""
+
+    text: str
+    image: str = ""
+
+
+def model_text(text: str, has_image: bool, image_token: str) -> str:
+    # An item without an image (e.g. WebQA train queries) may still carry the placeholder; the Qwen
+    # processor would count it as an image slot, so it is dropped rather than kept as a token.
+    return text.replace(MMEB_IMAGE_PLACEHOLDER, image_token if has_image else "")
+
+
+def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state of each row's last attended token, for left or right padding."""
+    if bool(attention_mask[:, -1].all()):  # left padding (or none): the last column is real
+        return hidden[:, -1]
+    last = attention_mask.long().sum(dim=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class ImageLoader:
+    """Loads images under a root (safe resolution), with an optional fixed resize and a small cache."""
+
+    def __init__(self, root: str | Path, resize: int | None = None, cache_size: int = 4096):
+        from unime_assets.data.images import load_image, resolve_image_path
+
+        self.root = Path(root)
+        self.resize = (resize, resize) if resize else None
+        self._resolve, self._load = resolve_image_path, load_image
+        self._cache: dict[str, Image.Image] = {}
+        self._cache_size = cache_size
+
+    def __call__(self, rel: str) -> Image.Image:
+        img = self._cache.get(rel)
+        if img is None:
+            img = self._load(self._resolve(self.root, rel), resize=self.resize)
+            if len(self._cache) < self._cache_size:
+                self._cache[rel] = img
+        return img
+
+
+def embed_inputs(items: Sequence[Item], processor, images: Callable[[str], Image.Image], image_token: str):
+    texts = [model_text(it.text, bool(it.image), image_token) for it in items]
+    imgs = [images(it.image) for it in items if it.image]
+    return processor(text=texts, images=imgs or None, return_tensors="pt", padding=True)
+
+
+def forward_embeddings(model, inputs, normalize: bool = True) -> torch.Tensor:
+    """Last-token embeddings with gradients (used by training and, under no_grad, by encoding)."""
+    out = model(**inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    emb = last_token_pool(out.hidden_states[-1], inputs["attention_mask"]).float()
+    return F.normalize(emb, dim=-1) if normalize else emb
+
+
+def _length_key(it: Item) -> tuple[int, int]:
+    return (len(it.text), int(bool(it.image)))
+
+
+@torch.inference_mode()
+def encode_items(
+    model,
+    processor,
+    items: Sequence[Item],
+    images: Callable[[str], Image.Image],
+    image_token: str,
+    *,
+    batch_size: int = 32,
+    desc: str = "encode",
+    progress: bool = True,
+) -> np.ndarray:
+    """(len(items), D) float32 normalised embeddings; items are length-bucketed, output keeps order."""
+    if not items:
+        raise ValueError("encode_items: no items")
+    device = next(model.parameters()).device
+    order = sorted(range(len(items)), key=lambda i: _length_key(items[i]))
+    out: np.ndarray | None = None
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        idx = order[start : start + batch_size]
+        inputs = embed_inputs([items[i] for i in idx], processor, images, image_token).to(device)
+        emb = forward_embeddings(model, inputs).cpu().numpy()
+        if out is None:
+            out = np.zeros((len(items), emb.shape[1]), dtype=np.float32)
+        out[idx] = emb
+    assert out is not None
+    return out

@@ -1,0 +1,45 @@
+"""Qwen2-VL / Qwen2.5-VL processors that work without torchvision.
+
+transformers 5.x type-checks the processor's video slot against a torchvision-backed class, so
+`Qwen2VLProcessor(...)` raises and `AutoProcessor` silently returns only the tokenizer when
+torchvision is unusable (it is, beside torch 2.13 CPU). Images only are needed here, so these
+subclasses drop the video argument; ProcessorMixin derives its sub-processors from `__init__`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+
+
+class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class ImageOnlyQwen25VLProcessor(Qwen2_5_VLProcessor):
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+PROCESSORS = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen25VLProcessor}
+IMAGE_TOKEN = {"qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>"}
+
+
+def model_type(path: str | Path) -> str:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{cfg} not found: {path} is not a Hugging Face checkpoint directory")
+    mtype = json.loads(cfg.read_text()).get("model_type", "")
+    if mtype not in PROCESSORS:
+        raise ValueError(f"{cfg}: model_type {mtype!r} is not supported; expected one of {sorted(PROCESSORS)}")
+    return mtype
+
+
+def load_processor(path: str | Path, *, padding_side: str = "left", **kwargs):
+    """Processor of a local checkpoint. Left padding keeps the last real token at position -1."""
+    proc = PROCESSORS[model_type(path)].from_pretrained(str(path), **kwargs)
+    proc.tokenizer.padding_side = padding_side
+    return proc

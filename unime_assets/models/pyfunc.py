@@ -1,0 +1,63 @@
+"""MLflow pyfunc wrappers, so a registered version can be loaded and used without this pipeline.
+
+Embedder: rows (text, image) -> L2-normalised vectors. Reranker: rows (query_text, query_image,
+cand_text, cand_image) -> P(Yes) with the judge formula. Images are paths relative to the
+`image_root` param and must resolve inside it.
+"""
+
+from __future__ import annotations
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+
+def _frame(model_input) -> pd.DataFrame:
+    return model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+
+
+class EmbedderPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from unime_assets.models.loading import load_model
+
+        self.lm = load_model(context.artifacts["checkpoint"], role="registered embedder")
+        self.lm.model.eval()
+
+    def predict(self, context, model_input, params=None):
+        from unime_assets.models.encoding import ImageLoader, Item, encode_items
+
+        df = _frame(model_input)
+        if "text" not in df:
+            raise ValueError("embedder input needs a `text` column (and optionally `image`)")
+        images = df["image"].fillna("").tolist() if "image" in df else [""] * len(df)
+        root = (params or {}).get("image_root", "")
+        if any(images) and not root:
+            raise ValueError("pass params={'image_root': ...}: image paths are resolved inside that root")
+        items = [Item(str(t), str(i)) for t, i in zip(df["text"], images, strict=True)]
+        emb = encode_items(self.lm.model, self.lm.processor, items, ImageLoader(root or "."), self.lm.image_token,
+                           progress=False)  # fmt: skip
+        return np.asarray(emb)
+
+
+class RerankerPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from unime_assets.models.loading import load_model
+
+        self.lm = load_model(context.artifacts["checkpoint"], role="registered reranker")
+        self.lm.model.eval()
+
+    def predict(self, context, model_input, params=None):
+        from unime_assets.judging import score_pairs
+        from unime_assets.models.encoding import ImageLoader, Item
+
+        df = _frame(model_input).fillna("")
+        missing = {"query_text", "cand_text"} - set(df.columns)
+        if missing:
+            raise ValueError(f"reranker input is missing columns {sorted(missing)}")
+        root = (params or {}).get("image_root", ".")
+        pairs = [
+            (Item(str(r.query_text), str(getattr(r, "query_image", ""))),
+             Item(str(r.cand_text), str(getattr(r, "cand_image", ""))))
+            for r in df.itertuples()
+        ]  # fmt: skip
+        return score_pairs(self.lm.model, self.lm.processor, pairs, ImageLoader(root), progress=False)

@@ -1,0 +1,56 @@
+"""Small matplotlib figures for Dagster metadata (inline markdown images) and MLflow (log_figure)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: assets run in worker processes without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def to_markdown(fig: Figure, alt: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def loss_curve(losses: Sequence[float], title: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(np.arange(1, len(losses) + 1), losses)
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def histograms(series: Mapping[str, np.ndarray], title: str, bins: int = 30, xlabel: str = "score") -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for label, values in series.items():
+        ax.hist(np.asarray(values), bins=bins, range=(0.0, 1.0), alpha=0.55, density=True, label=label)
+    ax.set(xlabel=xlabel, ylabel="density", title=title)
+    ax.legend()
+    return fig
+
+
+def grouped_bars(values: Mapping[str, Mapping[str, float]], title: str) -> Figure:
+    """values[model][group] -> bar; one colour per model, groups on the x axis."""
+    models = list(values)
+    groups = list(next(iter(values.values()))) if values else []
+    x = np.arange(len(groups))
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(5, len(groups) * 0.9), 3.2))
+    for i, model in enumerate(models):
+        ax.bar(x + i * width, [values[model].get(g, np.nan) for g in groups], width, label=model)
+    ax.set_xticks(x + width * (len(models) - 1) / 2, groups, rotation=30, ha="right")
+    ax.set(ylabel="Precision@1 (%)", title=title, ylim=(0, 100))
+    ax.legend(fontsize=7)
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Training loops (embedder, reranker, embedded-default bootstraps) on DeepSpeed engines."""

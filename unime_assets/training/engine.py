@@ -1,0 +1,120 @@
+"""DeepSpeed plumbing shared by every training loop: process group, config, engine, export.
+
+A single process (this one) is rank 0 of a world of 1 unless a launcher (deepspeed/torchrun)
+already set RANK/WORLD_SIZE. On CPU the backend is gloo; DeepSpeed's shared-memory comm op is
+disabled because it JIT-compiles for ~20 s and a one-process world does not need it, and the
+optimizer is torch's AdamW (`torch_adam`) so no fused/cpu Adam op is compiled either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        return
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+@dataclass
+class EngineConfig:
+    micro_batch_size: int
+    total_steps: int
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    zero_stage: int = 2
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU (fp16 is not supported on CPU)
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
+
+
+def deepspeed_config(cfg: EngineConfig) -> dict:
+    bf16 = torch.cuda.is_available() if cfg.bf16 is None else cfg.bf16
+    # DeepSpeed's WarmupDecayLR needs at least one warmup step.
+    warmup = max(1, min(cfg.warmup_steps, cfg.total_steps - 1))
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": bf16},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "torch_adam": True},
+        },
+        # Linear warmup then linear decay to 0, the schedule of the official shells.
+        "scheduler": {
+            "type": "WarmupDecayLR",
+            "params": {
+                "total_num_steps": max(cfg.total_steps, warmup + 1),
+                "warmup_num_steps": warmup,
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": cfg.lr,
+                "warmup_type": "linear",
+            },
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def initialize(model: torch.nn.Module, cfg: EngineConfig):
+    import deepspeed
+
+    ensure_distributed()
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=deepspeed_config(cfg))
+    return engine
+
+
+def export_pretrained(engine, out_dir: Path, processor, *, zero_stage: int, lora: bool) -> None:
+    """Save HF weights as safetensors (plus the LoRA adapter when training LoRA) on rank 0.
+
+    ZeRO-3 partitions parameters, so they are gathered before reading the state dict.
+    """
+    import deepspeed
+
+    module = engine.module
+    gather = (
+        deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+        if zero_stage == 3
+        else contextlib.nullcontext()
+    )
+    with gather:
+        if dist.get_rank() != 0:
+            return
+        if lora:
+            adapter_sd = {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if "lora_" in k}
+            module.save_pretrained(out_dir / "adapter", state_dict=adapter_sd, safe_serialization=True)
+            module = module.merge_and_unload()
+        state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+    processor.save_pretrained(out_dir)
