@@ -128,3 +128,19 @@ def test_info_nce_gradient_and_validation() -> None:
         info_nce_loss(torch.randn(3, 4), torch.randn(2, 4))  # fewer in-batch candidates than queries
     with pytest.raises(ValueError):
         info_nce_loss(torch.randn(3, 4), torch.randn(3, 2, 5))  # dimension mismatch
+
+
+def test_info_nce_duplicate_mask_removes_false_in_batch_negatives():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    pos = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    same = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])  # rows 0, 1 share a label
+    got = info_nce_loss(q, pos, 0.1, duplicate_mask=same)
+    logits = q @ pos.T / 0.1
+    expected = torch.stack([
+        -torch.log_softmax(logits[0, [0, 2]], 0)[0],
+        -torch.log_softmax(logits[1, [1, 2]], 0)[0],
+        -torch.log_softmax(logits[2], 0)[2],
+    ]).mean()  # fmt: skip
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, info_nce_loss(q, pos, 0.1))

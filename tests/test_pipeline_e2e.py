@@ -25,9 +25,10 @@ def test_materialize_everything(tmp_path, embedded_home, settings):
     }  # fmt: skip
     (tmp_path / "dg").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dg")) as instance:
-        result = dg.materialize(list(defs.assets), resources=resources, instance=instance,
-                                selection="*")  # fmt: skip
+        result = dg.materialize([*defs.assets, *defs.asset_checks], resources=resources, instance=instance)
         assert result.success
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks and all(checks.values()), checks
         for name in ASSETS:
             event = instance.get_latest_materialization_event(dg.AssetKey(name))
             assert event is not None, name
@@ -60,7 +61,7 @@ def test_materialize_everything(tmp_path, embedded_home, settings):
     # the registered embedder loads through MLflow and embeds text and images
     import mlflow.pyfunc
 
-    model = mlflow.pyfunc.load_model(f"models:/unime-v2-embedder@candidate")
+    model = mlflow.pyfunc.load_model("models:/unime-v2-embedder@candidate")
     import pandas as pd
 
     vecs = model.predict(pd.DataFrame({"text": ["red", "<|image_1|>\nRepresent the given image.\n"],

@@ -32,12 +32,15 @@ SIZES: dict[str, EmbeddedSize] = {
         n_eval=40,
         n_candidates=8,
         overrides={
-            "bootstrap": {"enabled": True},
+            # The tiny judge needs ~1000 steps before it compares a candidate with its query reliably.
+            "bootstrap": {"enabled": True, "retriever_steps": 150, "retriever_batch_size": 32,
+                          "judge_steps": 1200, "judge_batch_size": 32, "judge_lr": 1e-3},
+            "judging": {"batch_size": 64},
             "embedder": {"steps": 120, "batch_size": 16, "lr": 5e-4, "warmup_steps": 10,
                          "lora": {"enabled": False}},
-            "reranker": {"steps": 120, "batch_size": 12, "lr": 5e-4, "warmup_steps": 10,
+            "reranker": {"steps": 150, "batch_size": 8, "lr": 5e-4, "warmup_steps": 10,
                          "lora": {"enabled": False}},
-            "evaluation": {"image_size": None},
+            "evaluation": {"image_size": None, "batch_size": 64},
         },
     ),  # fmt: skip
     "test": EmbeddedSize(
@@ -58,13 +61,15 @@ SIZES: dict[str, EmbeddedSize] = {
 }
 
 
+# Fixed chat phrases that become single tokens of the tiny tokenizer (see models.tiny.build_tokenizer).
+TOKENIZER_PHRASES = [PAIRWISE_PROMPT, LISTWISE_PROMPT, "Query:", "Candidate:", "Candidates:",
+                     "You are a helpful assistant."]  # fmt: skip
+
+
 def tokenizer_corpus(texts: list[str]) -> list[str]:
-    """Synthetic texts plus the judge/reranker prompts and answers, so every answer is a few tokens."""
+    """Synthetic texts plus the judge/reranker answers, so "Yes", "No" and "Ans: (i)" are few tokens."""
     answers = ["Yes", "No"] * 200 + [f"Ans: ({i})" for i in range(1, 11)] * 40
-    # Repeated so that BPE merges each fixed phrase into a few tokens (see models.tiny.build_tokenizer).
-    prompts = [PAIRWISE_PROMPT, LISTWISE_PROMPT, "Query:", "Candidate:", "Candidates:", "system\n", "user\n",
-               "assistant\n", "You are a helpful assistant."] * 400  # fmt: skip
-    return texts * 4 + answers + prompts
+    return texts + answers + ["system\n", "user\n", "assistant\n"] * 50
 
 
 def build_embedded_default(home: str | Path, size: str = "demo", *, seed: int = 0) -> Path:
@@ -83,7 +88,7 @@ def build_embedded_default(home: str | Path, size: str = "demo", *, seed: int = 
     models_dir = home / "models"
     qwen2vl, qwen25vl = models_dir / "tiny-qwen2-vl", models_dir / "tiny-qwen2.5-vl"
     if not (qwen2vl / "config.json").exists() or not (qwen25vl / "config.json").exists():
-        tok = build_tokenizer(tokenizer_corpus(corpus_texts(layout)))
+        tok = build_tokenizer(tokenizer_corpus(corpus_texts(layout)), phrases=TOKENIZER_PHRASES)
         build_tiny_checkpoint(qwen2vl, tok, family="qwen2_vl", seed=seed)
         build_tiny_checkpoint(qwen25vl, tok, family="qwen2_5_vl", seed=seed + 1)
     settings = {

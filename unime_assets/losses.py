@@ -61,7 +61,13 @@ def judge_alignment_loss(
     return 0.5 * (kl_pq + kl_qp)
 
 
-def info_nce_loss(query: torch.Tensor, candidates: torch.Tensor, temperature: float = 0.02) -> torch.Tensor:
+def info_nce_loss(
+    query: torch.Tensor,
+    candidates: torch.Tensor,
+    temperature: float = 0.02,
+    *,
+    duplicate_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """InfoNCE (cross-entropy over cosine / tau) for the ablation rows without soft judge labels.
 
     query: (N, D) embeddings (normalised by the caller; re-normalised here defensively, a no-op then).
@@ -69,6 +75,9 @@ def info_nce_loss(query: torch.Tensor, candidates: torch.Tensor, temperature: fl
       - (N, C, D): per-query candidates, the positive at index 0 of each row (mined-negative setting);
       - (M, D) with M >= N: in-batch setting, query i's positive is candidates[i] and every other row
         (other queries' positives, plus any extra negatives appended after row N) is a negative.
+    duplicate_mask: in-batch only, (N, M) bool, True where candidate j equals query i's positive
+      (e.g. two queries with the same class label); those entries are masked instead of counted as
+      negatives. The diagonal is never masked.
     Returns the mean cross-entropy over the N queries.
     """
     if query.dim() != 2:
@@ -97,6 +106,10 @@ def info_nce_loss(query: torch.Tensor, candidates: torch.Tensor, temperature: fl
             )
         logits = q @ c.T / temperature
         target = torch.arange(n, device=query.device)  # the diagonal holds each query's positive
+        if duplicate_mask is not None:
+            mask = duplicate_mask.to(device=logits.device, dtype=torch.bool).clone()
+            mask[target, target] = False
+            logits = logits.masked_fill(mask, float("-inf"))
     else:
         raise ValueError(f"candidates must be (N, C, D) or (M, D), got shape {tuple(candidates.shape)}")
     return F.cross_entropy(logits, target)

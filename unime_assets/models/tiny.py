@@ -53,15 +53,17 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(corpus: Iterable[str], *, vocab_size: int = 4000) -> PreTrainedTokenizerFast:
-    """Byte-level BPE without the word-splitting regex, so merges may span spaces.
+def build_tokenizer(
+    corpus: Iterable[str], *, vocab_size: int = 2000, phrases: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (word-level merges, so captions stay compositional) plus `phrases` as atomic tokens.
 
-    Frequent phrases (the fixed judge/reranker prompts, MMEB instructions) then become a few
-    tokens: sequences stay short, which is what lets a model this small learn to compare a query
-    with a candidate in minutes on a CPU. Real checkpoints bring their own tokenizer.
+    The fixed judge/reranker prompts are ~50 words; as single tokens they keep the tiny models'
+    sequences short, so the final position's attention is not diluted over a long constant prefix.
+    Real checkpoints bring their own tokenizer.
     """
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -70,6 +72,7 @@ def build_tokenizer(corpus: Iterable[str], *, vocab_size: int = 4000) -> PreTrai
         show_progress=False,
     )
     tok.train_from_iterator(list(corpus), trainer=trainer)
+    tok.add_tokens(list(phrases))  # non-special: they decode back to their text
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -111,6 +114,20 @@ def _config(cls, tok, *, hidden: int, layers: int, heads: int, kv_heads: int, vi
     )  # fmt: skip
 
 
+def _reinit(model: torch.nn.Module, std: float) -> None:
+    """Re-draw linear and embedding weights with a larger std than the usual 0.02.
+
+    At width 128 the default init gives near-uniform attention, and a from-scratch model then needs
+    ~5x more steps before it learns to compare a candidate with its query (measured on a Yes/No
+    toy task: ~800 steps at 0.02, ~150 at 0.1). Norm weights stay at 1.
+    """
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            torch.nn.init.normal_(module.weight, std=std)
+            if getattr(module, "bias", None) is not None:
+                torch.nn.init.zeros_(module.bias)
+
+
 def build_tiny_checkpoint(
     out_dir: str | Path,
     tokenizer: PreTrainedTokenizerFast,
@@ -124,6 +141,7 @@ def build_tiny_checkpoint(
     vis_depth: int = 2,
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
+    init_std: float = 0.1,
     seed: int = 0,
 ) -> Path:
     """Write a random-init checkpoint (safetensors + processor) that `from_pretrained` loads back."""
@@ -138,7 +156,9 @@ def build_tiny_checkpoint(
     torch.manual_seed(seed)
     config = _config(cfg_cls, tokenizer, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
                      vis_embed=vis_embed, vis_depth=vis_depth)  # fmt: skip
+    config.initializer_range = init_std
     model = model_cls(config)
+    _reinit(model, init_std)
     processor = proc_cls(
         image_processor=Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels),
         tokenizer=tokenizer,

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from unime_assets.io import atomic_dir
-from unime_assets.losses import judge_alignment_loss
+from unime_assets.losses import info_nce_loss, judge_alignment_loss
 from unime_assets.models.encoding import ImageLoader, Item, embed_inputs, forward_embeddings
 from unime_assets.models.loading import load_model
 from unime_assets.reranking import SFTExample, sft_batch
@@ -99,24 +98,13 @@ class EmbedderExample:
 
 def embedder_loss(q: torch.Tensor, c: torch.Tensor, scores: torch.Tensor, mode: str, temperature: float):
     """q (B, D), c (B, 1+k, D) normalised. `judge_kl` is the paper's loss; the others are Table 4 ablations."""
-    sims = torch.einsum("bd,bkd->bk", q, c)
     if mode == "judge_kl":
-        return judge_alignment_loss(sims, scores, temperature=temperature)
+        return judge_alignment_loss(torch.einsum("bd,bkd->bk", q, c), scores, temperature=temperature)
     if mode == "infonce_mined":  # hard negatives, hard labels
-        return F.cross_entropy(sims / temperature, torch.zeros(len(q), dtype=torch.long, device=q.device))
+        return info_nce_loss(q, c, temperature)
     if mode == "infonce_inbatch":  # positives of the other queries only, no mined negatives
-        return in_batch_info_nce(q, c[:, 0], temperature)
+        return info_nce_loss(q, c[:, 0], temperature)
     raise ValueError(f"unknown embedder loss mode {mode!r}")
-
-
-def in_batch_info_nce(q: torch.Tensor, pos: torch.Tensor, temperature: float, same: torch.Tensor | None = None):
-    """InfoNCE over in-batch positives; `same[i, j]` marks pairs whose positives are identical
-    (e.g. two queries with the same class label), which are masked instead of counted as negatives."""
-    logits = q @ pos.T / temperature
-    if same is not None:
-        off_diag = same & ~torch.eye(len(q), dtype=torch.bool, device=q.device)
-        logits = logits.masked_fill(off_diag, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
 
 
 def train_embedder(
@@ -186,7 +174,7 @@ def train_retriever_infonce(
         q = forward_embeddings(engine, embed_inputs(qs, lm.processor, images, lm.image_token).to(device))
         p = forward_embeddings(engine, embed_inputs(ps, lm.processor, images, lm.image_token).to(device))
         same = torch.tensor([[a == b for b in ps] for a in ps], device=device)
-        return in_batch_info_nce(q, p, temperature, same), {}
+        return info_nce_loss(q, p, temperature, duplicate_mask=same), {}
 
     t0 = time.time()
     batches = _batches(len(pairs), engine_cfg.micro_batch_size, engine_cfg.total_steps * engine_cfg.grad_accum, seed)

@@ -7,14 +7,20 @@ import numpy as np
 import polars as pl
 
 from unime_assets import plots
-from unime_assets.defs.assets._common import run_metadata, step_logger
+from unime_assets.defs.assets._common import markdown_table, run_metadata, step_logger
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.models.loading import check_checkpoint_dir
 
 
 def _checkpoint_metadata(path) -> dict:
+    import json
+
     n_bytes = sum(f.stat().st_size for f in path.rglob("*.safetensors"))
-    return {"path": dg.MetadataValue.path(str(path)), "safetensors_mb": round(n_bytes / 2**20, 2)}
+    cfg = json.loads((path / "config.json").read_text())
+    text = cfg.get("text_config", cfg)
+    rows = [(k, text.get(k, cfg.get(k))) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")]
+    return {"path": dg.MetadataValue.path(str(path)), "safetensors_mb": round(n_bytes / 2**20, 2),
+            "config": dg.MetadataValue.md(markdown_table(["field", "value"], rows))}  # fmt: skip
 
 
 @dg.asset(group_name="models", kinds={"pytorch", "deepspeed"},
@@ -78,18 +84,30 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, mme
         else:
             check_checkpoint_dir(s.judge.path, "judge")
             run.log_params({"path": s.judge.path, "bootstrap": False})
-        # Held-out check: eval-split (query, ground truth) vs (query, random other candidate of its row).
-        pairs, labels = held_out_pairs(mmeb_eval, max_rows=400)
+        # Held-out check on eval rows (never trained on): (query, ground truth) vs (query, random other
+        # candidate of its row). IND subsets are the trained tasks; OOD ones are reported beside them.
         lm = load_model(s.judge_path, role="judge", trust_remote_code=s.judge.trust_remote_code)
-        scores = score_pairs(lm.model, lm.processor, pairs, ImageLoader(s.eval_image_root, s.evaluation.image_size),
-                             batch_size=s.judging.batch_size)  # fmt: skip
-        auc = float(roc_auc_score(labels, scores))
-        run.log_metrics({"held_out_auc": auc})
-        hist = run.log_figure(plots.histograms({"ground truth": scores[labels == 1], "random candidate":
-                                                scores[labels == 0]}, "judge scores, held-out eval pairs"), "held_out")  # fmt: skip
-        context.log.info(f"judge held-out AUC {auc:.3f} on {len(labels)} pairs")
+        images = ImageLoader(s.eval_image_root, s.evaluation.image_size)
+        info = s.eval_catalog
+        aucs, hist, n_pairs, pos_mean = {}, None, 0, float("nan")
+        for split in ("IND", "OOD"):
+            rows = mmeb_eval.filter(pl.col("subset").is_in([n for n in info if info[n].split == split]))
+            pairs, labels = held_out_pairs(rows, max_rows=400)
+            if len(set(labels.tolist())) < 2:
+                continue
+            scores = score_pairs(lm.model, lm.processor, pairs, images, batch_size=s.judging.batch_size)
+            aucs[split] = float(roc_auc_score(labels, scores))
+            if split == "IND":
+                pos_mean = float(np.mean(scores[labels == 1]))
+                fig = plots.histograms({"ground truth": scores[labels == 1], "random candidate": scores[labels == 0]},
+                                       "judge scores, held-out IND eval pairs")  # fmt: skip
+                hist = run.log_figure(fig, "held_out")
+                n_pairs = len(labels)
+        run.log_metrics({f"held_out_auc_{k.lower()}": v for k, v in aucs.items()})
+        context.log.info(f"judge held-out AUC: {aucs}")
     return dg.MaterializeResult(metadata={
-        **_checkpoint_metadata(s.judge_path), "held_out_auc": auc, "held_out_pairs": len(labels),
-        "held_out_pos_mean": float(np.mean(scores[labels == 1])), "held_out_hist": dg.MetadataValue.md(hist),
+        **_checkpoint_metadata(s.judge_path), "held_out_auc": aucs.get("IND", float("nan")),
+        "held_out_auc_ood": aucs.get("OOD", float("nan")), "held_out_pairs": n_pairs,
+        "held_out_pos_mean": pos_mean, "held_out_hist": dg.MetadataValue.md(hist or ""),
         **meta, **run_metadata(run),
     })  # fmt: skip
