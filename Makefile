@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # pip prints one harmless line per package about an absent extra local index; keep the log readable.
-QUIET_PIP := grep -v "^WARNING: Location '" || true
+QUIET_PIP := { grep -v "^WARNING: Location '" || true; }
 
 export UNIME_HOME ?= $(CURDIR)/.unime
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home

@@ -67,4 +67,5 @@ def test_materialize_everything(tmp_path, embedded_home, settings):
     vecs = model.predict(pd.DataFrame({"text": ["red", "<|image_1|>\nRepresent the given image.\n"],
                                        "image": ["", train.filter(pl.col("pos_image_path") != "")["pos_image_path"][0]]}),
                          params={"image_root": str(settings.train_image_root)})  # fmt: skip
-    assert vecs.shape[0] == 2
+    assert vecs.shape == (2, 128)
+    assert abs(float((vecs[0] ** 2).sum()) - 1.0) < 1e-4 and abs(float(vecs[0] @ vecs[1])) < 0.9999

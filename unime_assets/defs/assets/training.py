@@ -2,7 +2,11 @@
 both trained on DeepSpeed engines and registered in the MLflow model registry."""
 
 
+import json
+
 import dagster as dg
+import numpy as np
+import pandas as pd
 import polars as pl
 
 from unime_assets import plots
@@ -15,14 +19,17 @@ RERANKER_MODEL = "unime-v2-reranker"
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "pillow", "numpy", "unime-assets"]
 
 
-def _register(run, tracking_uri: str, name: str, python_model, ckpt, lineage: dict[str, str]) -> str:
+def _register(run, tracking_uri: str, name: str, python_model, ckpt, lineage: dict[str, str], example, output) -> str:
     import mlflow.pyfunc
+    from mlflow.models import infer_signature
 
     from unime_assets.tracking import set_alias, tag_version
 
+    # The signature declares the `image_root` param; without it MLflow drops params at predict time.
+    signature = infer_signature(example, output, params={"image_root": ""})
     info = mlflow.pyfunc.log_model(name=name.replace("unime-v2-", ""), python_model=python_model,
                                    artifacts={"checkpoint": str(ckpt)}, registered_model_name=name,
-                                   pip_requirements=PIP_REQUIREMENTS)  # fmt: skip
+                                   signature=signature, pip_requirements=PIP_REQUIREMENTS)  # fmt: skip
     version = str(info.registered_model_version)
     tag_version(tracking_uri, name, version, {**lineage, "mlflow.run_id": run.run_id})
     set_alias(tracking_uri, name, "candidate", version)  # the latest trained; `champion` is set by evaluation
@@ -64,7 +71,10 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, mmeb_train: pl.DataFr
         result = train_embedder(base, examples, s.train_image_root, out, cfg, mode=e.loss, temperature=e.temperature,
                                 lora=_lora_settings(e.lora), seed=e.seed, log=step_logger(context, run))  # fmt: skip
         curve = run.log_figure(plots.loss_curve(result.losses, f"embedder ({e.loss})"), "loss")
-        version = _register(run, mlflow.uri(), EMBEDDER_MODEL, EmbedderPyfunc(), out, lineage)
+        example = pd.DataFrame({"text": ["a caption\n"], "image": [""]})
+        dim = json.loads((out / "config.json").read_text()).get("text_config", {}).get("hidden_size", 1)
+        version = _register(run, mlflow.uri(), EMBEDDER_MODEL, EmbedderPyfunc(), out, lineage, example,
+                            np.zeros((1, dim), dtype=np.float32))  # fmt: skip
     context.log.info(f"registered {EMBEDDER_MODEL} version {version}")
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(out)), "final_loss": result.losses[-1], "first_loss": result.losses[0],
@@ -102,7 +112,9 @@ def reranker_checkpoint(context: dg.AssetExecutionContext, mmeb_train: pl.DataFr
         result = train_sft(base, examples, s.train_image_root, out, cfg, role="reranker", lora=_lora_settings(r.lora),
                            seed=r.seed, log=step_logger(context, run))  # fmt: skip
         curve = run.log_figure(plots.loss_curve(result.losses, "reranker SFT"), "loss")
-        version = _register(run, mlflow.uri(), RERANKER_MODEL, RerankerPyfunc(), out, lineage)
+        example = pd.DataFrame({"query_text": ["q\n"], "query_image": [""], "cand_text": ["c"], "cand_image": [""]})
+        version = _register(run, mlflow.uri(), RERANKER_MODEL, RerankerPyfunc(), out, lineage, example,
+                            np.zeros(1, dtype=np.float64))  # fmt: skip
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(out)), "final_loss": result.losses[-1], "first_loss": result.losses[0],
         "train_seconds": round(result.seconds, 1), "sequences": len(examples), "registered_model": RERANKER_MODEL,
