@@ -58,7 +58,7 @@ ui: install dagster-home
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 lint: install
-	$(BIN)/ruff check unime_assets tests benchmarks
+	$(BIN)/ruff check unime_assets tests
 
 clean:
 	rm -rf $(UNIME_HOME) $(DAGSTER_HOME)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from unime_assets.config import LoraConfig
 from unime_assets.models.encoding import Item
 from unime_assets.models.loading import load_model
 from unime_assets.training.engine import EngineConfig, deepspeed_config
-from unime_assets.training.loops import EmbedderExample, LoraSettings, embedder_loss, train_embedder
+from unime_assets.training.loops import EmbedderExample, embedder_loss, train_embedder
 
 
 def _examples():
@@ -39,7 +40,7 @@ def test_embedder_trains_and_exports_loadable_safetensors(tmp_path, tiny_qwen2vl
 def test_lora_adapter_and_merged_weights(tmp_path, tiny_qwen2vl, settings):
     cfg = EngineConfig(micro_batch_size=4, total_steps=2, lr=1e-3, zero_stage=2)
     out = tmp_path / "lora"
-    lora = LoraSettings(enabled=True, r=4, alpha=8, dropout=0.0, use_dora=True)
+    lora = LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0, use_dora=True)
     train_embedder(tiny_qwen2vl, _examples(), settings.train_image_root, out, cfg, lora=lora)
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     merged = load_model(out).model  # merged weights load as a plain Qwen2-VL

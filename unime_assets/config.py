@@ -66,34 +66,35 @@ class BootstrapSettings(Strict):
     judge_lr: float = 1e-3
 
 
-class EmbedderSettings(Strict):
+class TrainSettings(Strict):
+    """What every DeepSpeed training loop shares."""
+
     steps: int = 2000
-    batch_size: int = 512
+    batch_size: int = 512  # queries per optimizer micro-step
     grad_accum: int = 1
     lr: float = 1e-4
     warmup_steps: int = 200
-    k_negatives: int = 8
-    temperature: float = 0.02
-    loss: Literal["judge_kl", "infonce_mined", "infonce_inbatch"] = "judge_kl"
     zero_stage: int = 2
-    lora: LoraConfig = Field(default_factory=LoraConfig)
     seed: int = 42
 
 
-class RerankerSettings(Strict):
-    steps: int = 2000
+class EmbedderSettings(TrainSettings):
+    k_negatives: int = 8
+    temperature: float = 0.02
+    loss: Literal["judge_kl", "infonce_mined", "infonce_inbatch"] = "judge_kl"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class RerankerSettings(TrainSettings):
     batch_size: int = 32
-    grad_accum: int = 1
     lr: float = 2e-5
     warmup_steps: int = 60
-    zero_stage: int = 2
     lora: LoraConfig = Field(
         default_factory=lambda: LoraConfig(
             r=128, alpha=256, dropout=0.05, use_dora=False,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         )
     )  # fmt: skip
-    seed: int = 42
 
 
 class EvalSettings(Strict):

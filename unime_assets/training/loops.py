@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from unime_assets.config import LoraConfig
 from unime_assets.io import atomic_dir
 from unime_assets.losses import info_nce_loss, judge_alignment_loss
 from unime_assets.models.encoding import ImageLoader, Item, embed_inputs, forward_embeddings
@@ -28,16 +29,6 @@ StepLogger = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
-class LoraSettings:
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 64
-    dropout: float = 0.1
-    use_dora: bool = True
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"])
-
-
-@dataclass
 class TrainResult:
     losses: list[float]
     seconds: float
@@ -45,14 +36,14 @@ class TrainResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _maybe_lora(model, lora: LoraSettings):
+def _maybe_lora(model, lora: LoraConfig):
     if not lora.enabled:
         return model
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_dora=lora.use_dora,
-        target_modules=lora.target_modules, init_lora_weights="gaussian",
+        target_modules=list(lora.target_modules), init_lora_weights="gaussian",
     )  # fmt: skip
     return get_peft_model(model, cfg)
 
@@ -116,13 +107,13 @@ def train_embedder(
     *,
     mode: str = "judge_kl",
     temperature: float = 0.02,
-    lora: LoraSettings | None = None,
+    lora: LoraConfig | None = None,
     seed: int = 0,
     log: StepLogger | None = None,
 ) -> TrainResult:
     if not examples:
         raise ValueError("train_embedder: no training examples")
-    lora = lora or LoraSettings()
+    lora = lora or LoraConfig(enabled=False)
     torch.manual_seed(seed)
     lm = load_model(base_path, role="embedder base", dtype=torch.float32, train=True)
     model = _maybe_lora(lm.model, lora)
@@ -193,14 +184,14 @@ def train_sft(
     engine_cfg: EngineConfig,
     *,
     role: str,
-    lora: LoraSettings | None = None,
+    lora: LoraConfig | None = None,
     seed: int = 0,
     log: StepLogger | None = None,
 ) -> TrainResult:
     """Chat SFT with the loss on assistant tokens only: the reranker, and the tiny judge's bootstrap."""
     if not examples:
         raise ValueError(f"train_sft ({role}): no examples")
-    lora = lora or LoraSettings()
+    lora = lora or LoraConfig(enabled=False)
     lm = load_model(base_path, role=role, dtype=torch.float32, train=True)
     torch.manual_seed(seed)
     model = _maybe_lora(lm.model, lora)

@@ -36,13 +36,6 @@ def _register(run, tracking_uri: str, name: str, python_model, ckpt, lineage: di
     return version
 
 
-def _lora_settings(cfg):
-    from unime_assets.training.loops import LoraSettings
-
-    return LoraSettings(enabled=cfg.enabled, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, use_dora=cfg.use_dora,
-                        target_modules=list(cfg.target_modules))  # fmt: skip
-
-
 @dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, deps=["candidate_pool"],
           description="UniME-V2 embedder: symmetric KL between softmax(cos/τ) and softmax(judge/τ) over the "
           "positive and k mined negatives; last-token pooling; DeepSpeed ZeRO; registered in MLflow.")  # fmt: skip
@@ -69,7 +62,7 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, mmeb_train: pl.DataFr
         run.log_params({"base": base, **e.model_dump(exclude={"lora"}), **{f"lora.{k}": v for k, v in
                         e.lora.model_dump().items()}, "examples": len(examples), **lineage})  # fmt: skip
         result = train_embedder(base, examples, s.train_image_root, out, cfg, mode=e.loss, temperature=e.temperature,
-                                lora=_lora_settings(e.lora), seed=e.seed, log=step_logger(context, run))  # fmt: skip
+                                lora=e.lora, seed=e.seed, log=step_logger(context, run))  # fmt: skip
         curve = run.log_figure(plots.loss_curve(result.losses, f"embedder ({e.loss})"), "loss")
         example = pd.DataFrame({"text": ["a caption\n"], "image": [""]})
         dim = json.loads((out / "config.json").read_text()).get("text_config", {}).get("hidden_size", 1)
@@ -109,7 +102,7 @@ def reranker_checkpoint(context: dg.AssetExecutionContext, mmeb_train: pl.DataFr
     with mlflow.run(context) as run:
         run.log_params({"base": base, **r.model_dump(exclude={"lora"}), **{f"lora.{k}": v for k, v in
                         r.lora.model_dump().items()}, "sequences": len(examples), **lineage})  # fmt: skip
-        result = train_sft(base, examples, s.train_image_root, out, cfg, role="reranker", lora=_lora_settings(r.lora),
+        result = train_sft(base, examples, s.train_image_root, out, cfg, role="reranker", lora=r.lora,
                            seed=r.seed, log=step_logger(context, run))  # fmt: skip
         curve = run.log_figure(plots.loss_curve(result.losses, "reranker SFT"), "loss")
         example = pd.DataFrame({"query_text": ["q\n"], "query_image": [""], "cand_text": ["c"], "cand_image": [""]})
