@@ -65,16 +65,3 @@ def test_deepspeed_config_values():
     assert cfg["scheduler"]["params"]["warmup_num_steps"] == 10 and not cfg["bf16"]["enabled"]
     with pytest.raises(ValueError, match="zero_stage"):
         EngineConfig(micro_batch_size=1, total_steps=1, zero_stage=4)
-
-
-def test_batches_are_seeded_and_cover_every_item():
-    from unime_assets.training.loops import _batches
-
-    lengths = [((i * 37) % 50) for i in range(40)]
-    a = list(_batches(40, 4, 20, seed=3, lengths=lengths, group=5))
-    assert a == list(_batches(40, 4, 20, seed=3, lengths=lengths, group=5))  # same seed, same order
-    assert sorted(i for b in a for i in b) == sorted(list(range(40)) * 2)  # two epochs, each item twice
-    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a)
-    plain = list(_batches(40, 4, 20, seed=3))
-    assert sorted(i for b in plain for i in b) == sorted(list(range(40)) * 2)
-    assert spread < sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain)

@@ -67,12 +67,6 @@ def reranker_examples(query: Item, positive: Item, negatives: Sequence[Item], rn
     return out
 
 
-def sft_length(ex: SFTExample, chars_per_image: int = 64) -> int:
-    """A cheap proxy of an example's token length, for length-grouped batching."""
-    text = sum(len(p.get("text", "")) for m in ex.messages for p in m["content"] if isinstance(p, dict))
-    return text + len(ex.answer) + chars_per_image * len(ex.images)
-
-
 def sft_batch(processor, examples: Sequence[SFTExample], images: Callable[[str], Image.Image]):
     """Tokenised batch with labels only on the assistant answer (and its end-of-turn tokens)."""
     texts = []

@@ -22,7 +22,7 @@ from unime_assets.io import atomic_dir
 from unime_assets.losses import info_nce_loss, judge_alignment_loss
 from unime_assets.models.encoding import ImageLoader, Item, embed_inputs, forward_embeddings
 from unime_assets.models.loading import load_model
-from unime_assets.reranking import SFTExample, sft_batch, sft_length
+from unime_assets.reranking import SFTExample, sft_batch
 from unime_assets.training.engine import EngineConfig, export_pretrained, initialize
 
 StepLogger = Callable[[int, dict[str, float]], None]
@@ -48,31 +48,17 @@ def _maybe_lora(model, lora: LoraConfig):
     return get_peft_model(model, cfg)
 
 
-def _batches(
-    n_items: int, batch_size: int, n_batches: int, seed: int, lengths: Sequence[int] | None = None, group: int = 16
-):
-    """Seeded epoch-wise shuffles: the same seed gives the same data order (needed for resume).
-
-    With `lengths`, batches are length-grouped (like HF `group_by_length`): each run of `group`
-    batches of the shuffled order is sorted by length before it is cut into batches, and those
-    batches are yielded in random order, so padding shrinks while every batch stays a random draw.
-    """
+def _batches(n_items: int, batch_size: int, n_batches: int, seed: int):
+    """Seeded epoch-wise shuffles: the same seed gives the same data order (needed for resume)."""
     rng = random.Random(seed)
     order: list[int] = []
-    pending: list[list[int]] = []
     for _ in range(n_batches):
-        if not pending:
-            while len(order) < batch_size * (group if lengths is not None else 1):
-                perm = list(range(n_items))
-                rng.shuffle(perm)
-                order += perm
-            take = batch_size * (group if lengths is not None else 1)
-            chunk, order = order[:take], order[take:]
-            if lengths is not None:
-                chunk.sort(key=lambda i: lengths[i])
-            pending = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-            rng.shuffle(pending)
-        yield pending.pop()
+        if len(order) < batch_size:
+            perm = list(range(n_items))
+            rng.shuffle(perm)
+            order += perm
+        yield order[:batch_size]
+        order = order[batch_size:]
 
 
 def _run(engine, cfg: EngineConfig, batch_ids, loss_fn, log: StepLogger | None, desc: str) -> list[float]:
@@ -218,8 +204,7 @@ def train_sft(
         return engine(**batch, use_cache=False).loss, {}
 
     t0 = time.time()
-    batches = _batches(len(examples), engine_cfg.micro_batch_size, engine_cfg.total_steps * engine_cfg.grad_accum,
-                       seed, lengths=[sft_length(ex) for ex in examples])  # fmt: skip
+    batches = _batches(len(examples), engine_cfg.micro_batch_size, engine_cfg.total_steps * engine_cfg.grad_accum, seed)
     losses = _run(engine, engine_cfg, batches, loss_fn, log, role)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
