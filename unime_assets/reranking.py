@@ -120,11 +120,3 @@ def rerank_listwise(
         for i, text in zip(idx, texts, strict=True):
             answers[i] = text
     return answers
-
-
-@torch.inference_mode()
-def pairwise_yes_probability(model, processor, query: Item, candidates: Sequence[Item], images) -> list[float]:
-    """Pairwise mode: P(Yes) per candidate with the judge formula (used for SugarCrepe-style reranking)."""
-    from unime_assets.judging import score_pairs
-
-    return score_pairs(model, processor, [(query, c) for c in candidates], images, progress=False).tolist()

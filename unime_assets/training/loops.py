@@ -11,7 +11,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +33,6 @@ class TrainResult:
     losses: list[float]
     seconds: float
     out_dir: Path
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _maybe_lora(model, lora: LoraConfig):
