@@ -38,9 +38,10 @@ class TrainResult:
 def _maybe_lora(model, lora: LoraConfig):
     if not lora.enabled:
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
-    cfg = LoraConfig(
+    cfg = PeftLoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_dora=lora.use_dora,
         target_modules=list(lora.target_modules), init_lora_weights="gaussian",
     )  # fmt: skip
