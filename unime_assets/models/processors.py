@@ -28,13 +28,25 @@ PROCESSORS = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen
 IMAGE_TOKEN = {"qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>"}
 
 
-def model_type(path: str | Path) -> str:
+def checkpoint_config(path: str | Path) -> dict:
+    """The checkpoint's config.json as a dict (the error names the directory when it is missing)."""
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         raise FileNotFoundError(f"{cfg} not found: {path} is not a Hugging Face checkpoint directory")
-    mtype = json.loads(cfg.read_text()).get("model_type", "")
+    return json.loads(cfg.read_text())
+
+
+def text_config(path: str | Path) -> dict:
+    """The language model's part of the config (Qwen VL configs nest it under `text_config`)."""
+    cfg = checkpoint_config(path)
+    return {**cfg, **cfg.get("text_config", {})}
+
+
+def model_type(path: str | Path) -> str:
+    mtype = checkpoint_config(path).get("model_type", "")
     if mtype not in PROCESSORS:
-        raise ValueError(f"{cfg}: model_type {mtype!r} is not supported; expected one of {sorted(PROCESSORS)}")
+        raise ValueError(f"{Path(path) / 'config.json'}: model_type {mtype!r} is not supported; "
+                         f"expected one of {sorted(PROCESSORS)}")  # fmt: skip
     return mtype
 
 

@@ -13,12 +13,12 @@ from unime_assets.models.loading import check_checkpoint_dir
 
 
 def _checkpoint_metadata(path) -> dict:
-    import json
+    from unime_assets.models.processors import checkpoint_config, text_config
 
     n_bytes = sum(f.stat().st_size for f in path.rglob("*.safetensors"))
-    cfg = json.loads((path / "config.json").read_text())
-    text = cfg.get("text_config", cfg)
-    rows = [(k, text.get(k, cfg.get(k))) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")]
+    text = text_config(path)
+    rows = [("model_type", checkpoint_config(path)["model_type"])]
+    rows += [(k, text.get(k)) for k in ("hidden_size", "num_hidden_layers", "vocab_size")]
     return {"path": dg.MetadataValue.path(str(path)), "safetensors_mb": round(n_bytes / 2**20, 2),
             "config": dg.MetadataValue.md(markdown_table(["field", "value"], rows))}  # fmt: skip
 

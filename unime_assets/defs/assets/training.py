@@ -2,8 +2,6 @@
 both trained on DeepSpeed engines and registered in the MLflow model registry."""
 
 
-import json
-
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -43,6 +41,7 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, mmeb_train: pl.DataFr
                         mined_negatives: pl.DataFrame, settings: SettingsResource,
                         mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.models.loading import check_checkpoint_dir
+    from unime_assets.models.processors import text_config
     from unime_assets.models.pyfunc import EmbedderPyfunc
     from unime_assets.training.data import embedder_examples
     from unime_assets.training.engine import EngineConfig
@@ -65,7 +64,7 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, mmeb_train: pl.DataFr
                                 lora=e.lora, seed=e.seed, log=step_logger(context, run))  # fmt: skip
         curve = run.log_figure(plots.loss_curve(result.losses, f"embedder ({e.loss})"), "loss")
         example = pd.DataFrame({"text": ["a caption\n"], "image": [""]})
-        dim = json.loads((out / "config.json").read_text()).get("text_config", {}).get("hidden_size", 1)
+        dim = text_config(out)["hidden_size"]
         version = _register(run, mlflow.uri(), EMBEDDER_MODEL, EmbedderPyfunc(), out, lineage, example,
                             np.zeros((1, dim), dtype=np.float32))  # fmt: skip
     context.log.info(f"registered {EMBEDDER_MODEL} version {version}")
