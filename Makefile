@@ -45,7 +45,7 @@ dagster-home:
 demo: install dagster-home
 	@start=$$(date +%s); \
 	$(BIN)/unime-assets build-default --size demo; \
-	$(BIN)/dagster asset materialize --select '*' -m unime_assets.definitions; \
+	$(BIN)/unime-assets materialize; \
 	$(BIN)/unime-assets summary; \
 	echo "make demo (after install): $$(( $$(date +%s) - start ))s"
 

@@ -11,11 +11,13 @@ CONTRACT = {
     "mmeb_eval": set(),
     "retriever_model": {"mmeb_train"},
     "judge_model": {"mmeb_train", "mmeb_eval"},
-    "candidate_pool": {"mmeb_train", "retriever_model"},
-    "judge_scores": {"mmeb_train", "candidate_pool", "judge_model"},
-    "mined_negatives": {"judge_scores", "candidate_pool"},
-    "embedder_checkpoint": {"mmeb_train", "judge_scores", "mined_negatives", "candidate_pool"},
-    "reranker_checkpoint": {"mmeb_train", "mined_negatives", "candidate_pool", "judge_model"},
+    "candidate_index": {"mmeb_train", "retriever_model"},
+    "candidate_pool": {"mmeb_train", "candidate_index"},
+    "judge_scores": {"mmeb_train", "candidate_pool", "candidate_index", "judge_model"},
+    "mined_negatives": {"judge_scores", "candidate_pool", "candidate_index"},
+    "training_set": {"mmeb_train", "judge_scores", "mined_negatives", "candidate_index"},
+    "embedder_checkpoint": {"training_set"},
+    "reranker_checkpoint": {"training_set", "judge_model"},
     "mmeb_report": {"mmeb_eval", "retriever_model", "embedder_checkpoint", "reranker_checkpoint"},
 }
 
@@ -29,6 +31,23 @@ def test_asset_keys_and_lineage():
         assert {p.to_user_string() for p in node.parent_keys} == parents, name
     groups = {graph.get(dg.AssetKey(n)).group_name for n in CONTRACT}
     assert groups == {"data", "models", "mining", "training", "evaluation"}
+
+
+PARTITIONED = {"mmeb_train": "train", "candidate_pool": "train", "judge_scores": "train",
+               "mined_negatives": "train", "mmeb_eval": "eval"}  # fmt: skip
+
+
+def test_partitions_follow_the_catalog():
+    from unime_assets.data.catalog import get_catalog
+
+    train, evals = get_catalog("synthetic")
+    graph = defs.resolve_asset_graph()
+    for name in CONTRACT:
+        pdef = graph.get(dg.AssetKey(name)).partitions_def
+        if name not in PARTITIONED:
+            assert pdef is None, name
+            continue
+        assert pdef.get_partition_keys() == list(train if PARTITIONED[name] == "train" else evals), name
 
 
 def test_checks_and_resources():

@@ -1,71 +1,94 @@
-"""The whole graph on the reduced embedded default, in a temporary Dagster instance and MLflow store."""
+"""The whole graph on the reduced embedded default, through the real CLI, in a temporary Dagster
+instance and MLflow store: two train partitions and three eval partitions backfilled, and the
+unpartitioned rest of the graph consuming exactly those."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import dagster as dg
+import pandas as pd
 import polars as pl
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from unime_assets.cli import ASSETS
-from unime_assets.defs.io_managers import PolarsParquetIOManager
-from unime_assets.defs.resources import MlflowResource, SettingsResource
+
+TRAIN, EVAL = ["SynColor", "SynCaps_t2i"], ["SynColor", "SynHue", "SynCaps_i2t"]
 
 
 @pytest.mark.slow
-def test_materialize_everything(tmp_path, embedded_home, settings):
-    from unime_assets.definitions import defs
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resources = {
-        "settings": SettingsResource(settings_file=str(embedded_home / "settings.yaml"),
-                                     overrides_yaml=f"artifacts_root: {tmp_path / 'assets'}"),
-        "mlflow": MlflowResource(tracking_uri=uri, artifact_root=str(tmp_path / "mlartifacts")),
-        "io_manager": PolarsParquetIOManager(base_dir=str(tmp_path / "tables")),
-    }  # fmt: skip
+def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(tmp_path, embedded_home, settings):
+    raw = yaml.safe_load((embedded_home / "settings.yaml").read_text())
+    raw["artifacts_root"] = str(tmp_path / "assets")
+    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "dg").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dg")) as instance:
-        result = dg.materialize([*defs.assets, *defs.asset_checks], resources=resources, instance=instance)
-        assert result.success
-        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-        assert checks and all(checks.values()), checks
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "UNIME_HOME": str(tmp_path / "home"), "UNIME_SETTINGS": str(tmp_path / "settings.yaml"),
+           "DAGSTER_HOME": str(tmp_path / "dg"), "MLFLOW_TRACKING_URI": uri}  # fmt: skip
+    cli = [sys.executable, "-m", "unime_assets.cli"]
+    proc = subprocess.run([*cli, "materialize", "--train", ",".join(TRAIN), "--eval", ",".join(EVAL)], env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = subprocess.run([*cli, "summary"], env=env, capture_output=True, text=True, timeout=300)
+    assert summary.returncode == 0, summary.stdout + summary.stderr
+
+    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(tmp_path / "dg"))) as instance:
         for name in ASSETS:
             event = instance.get_latest_materialization_event(dg.AssetKey(name))
             assert event is not None, name
             assert "mlflow_run_id" in event.asset_materialization.metadata, name
-        run_id = result.run_id
+        assert instance.get_materialized_partitions(dg.AssetKey("mined_negatives")) == set(TRAIN)
+        assert instance.get_materialized_partitions(dg.AssetKey("mmeb_eval")) == set(EVAL)
+        checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("candidate_pool"), "delta_rule_holds")]
+        )
+        assert checks, "asset checks ran with the partitions"
+        ts_run = instance.get_latest_materialization_event(dg.AssetKey("training_set")).run_id
 
-    # every materialization has its MLflow run, tagged with where it came from
+    # every materialization has its MLflow run, tagged with where it came from (partitions included)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("unime-v2")
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`dagster.run_id` = '{run_id}'")
-    assert sorted(r.data.tags["dagster.asset_key"] for r in runs) == sorted(ASSETS)
-    assert all(r.info.status == "FINISHED" and "dagster.partition" in r.data.tags for r in runs)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_asset: dict[str, set[str]] = {}
+    for r in runs:
+        assert r.info.status == "FINISHED" and {"dagster.run_id", "dagster.partition"} <= set(r.data.tags)
+        by_asset.setdefault(r.data.tags["dagster.asset_key"], set()).add(r.data.tags["dagster.partition"])
+    assert set(by_asset) == set(ASSETS)
+    assert by_asset["judge_scores"] == set(TRAIN) and by_asset["mmeb_eval"] == set(EVAL)
 
-    # registry versions with the `candidate` alias and lineage tags
+    # registry versions with the `candidate` alias and lineage tags back to the training set's run
     for name in ("unime-v2-embedder", "unime-v2-reranker"):
         mv = client.get_model_version_by_alias(name, "candidate")
-        assert mv.tags["dagster.run_id"] == run_id and mv.tags["upstream.mined_negatives.run_id"] == run_id
+        assert mv.tags["upstream.training_set.run_id"] == ts_run
 
-    # data contracts between the stages
-    tables = tmp_path / "tables"
-    train, pool = pl.read_parquet(tables / "mmeb_train.parquet"), pl.read_parquet(tables / "candidate_pool.parquet")
-    judge, mined = pl.read_parquet(tables / "judge_scores.parquet"), pl.read_parquet(tables / "mined_negatives.parquet")
-    assert train["pair_id"].to_list() == pool["pair_id"].to_list() == judge["pair_id"].to_list()
-    assert (judge["cand_scores"].list.len() == pool["cand_ids"].list.len()).all()
-    assert (mined["neg_cand_ids"].list.len() == settings.mining.n_negatives).all()
+    # data contracts between the stages, per partition
+    tables = tmp_path / "home" / "assets" / "tables"
+    for p in TRAIN:
+        train, pool = pl.read_parquet(tables / "mmeb_train" / f"{p}.parquet"), pl.read_parquet(
+            tables / "candidate_pool" / f"{p}.parquet"
+        )
+        judge = pl.read_parquet(tables / "judge_scores" / f"{p}.parquet")
+        mined = pl.read_parquet(tables / "mined_negatives" / f"{p}.parquet")
+        assert train["pair_id"].to_list() == pool["pair_id"].to_list() == judge["pair_id"].to_list()
+        assert (judge["cand_scores"].list.len() == pool["cand_ids"].list.len()).all()
+        assert (mined["neg_cand_ids"].list.len() == settings.mining.n_negatives).all()
+    ts = pl.read_parquet(tables / "training_set.parquet")
+    assert set(ts["subset"]) == set(TRAIN)
     report = pl.read_parquet(tables / "mmeb_report.parquet")
-    assert set(report["subset"]) == set(settings.eval_subset_names)
+    assert set(report["subset"]) == set(EVAL)
     assert report["model"].n_unique() == 4 and report["precision_at_1"].is_between(0, 1).all()
 
     # the registered embedder loads through MLflow and embeds text and images
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model("models:/unime-v2-embedder@candidate")
-    import pandas as pd
-
+    image = ts.filter(pl.col("pos_image_path") != "")["pos_image_path"][0]
     vecs = model.predict(pd.DataFrame({"text": ["red", "<|image_1|>\nRepresent the given image.\n"],
-                                       "image": ["", train.filter(pl.col("pos_image_path") != "")["pos_image_path"][0]]}),
+                                       "image": ["", image]}),
                          params={"image_root": str(settings.train_image_root)})  # fmt: skip
     assert vecs.shape == (2, 128)
     assert abs(float((vecs[0] ** 2).sum()) - 1.0) < 1e-4 and abs(float(vecs[0] @ vecs[1])) < 0.9999

@@ -8,17 +8,27 @@ import sys
 import time
 
 ASSETS = [
-    "mmeb_train", "mmeb_eval", "retriever_model", "judge_model", "candidate_pool", "judge_scores",
-    "mined_negatives", "embedder_checkpoint", "reranker_checkpoint", "mmeb_report",
+    "mmeb_train", "mmeb_eval", "retriever_model", "judge_model", "candidate_index", "candidate_pool",
+    "judge_scores", "mined_negatives", "training_set", "embedder_checkpoint", "reranker_checkpoint", "mmeb_report",
 ]  # fmt: skip
+# The graph in dependency order: (partitions, assets); partitioned stages run once per partition.
+STAGES: list[tuple[str | None, list[str]]] = [
+    ("train", ["mmeb_train"]),
+    ("eval", ["mmeb_eval"]),
+    (None, ["retriever_model", "judge_model", "candidate_index"]),
+    ("train", ["candidate_pool", "judge_scores", "mined_negatives"]),
+    (None, ["training_set", "embedder_checkpoint", "reranker_checkpoint", "mmeb_report"]),
+]
 SHOWN = {
     "mmeb_train": ["rows"],
     "mmeb_eval": ["rows"],
     "retriever_model": ["final_loss", "path"],
     "judge_model": ["held_out_auc", "path"],
-    "candidate_pool": ["pool_size", "mean_candidates"],
+    "candidate_index": ["pool_size", "encoded", "cached"],
+    "candidate_pool": ["queries", "mean_candidates"],
     "judge_scores": ["pairs", "auc_pos_vs_candidates", "false_negative_rate"],
     "mined_negatives": ["fallback_fraction", "mean_survivors"],
+    "training_set": ["queries", "source"],
     "embedder_checkpoint": ["first_loss", "final_loss", "model_uri"],
     "reranker_checkpoint": ["first_loss", "final_loss", "model_uri"],
     "mmeb_report": ["overall", "rerank_unparsable"],
@@ -33,6 +43,48 @@ def build_default(args: argparse.Namespace) -> int:
     t0 = time.time()
     path = build_embedded_default(home, args.size)
     print(f"embedded default ({args.size}) ready in {time.time() - t0:.1f}s: {path}")
+    return 0
+
+
+def _partition_list(value: str | None, known: list[str], kind: str) -> list[str]:
+    if not value:
+        return list(known)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {kind} partition(s) {unknown}; the code location has {known}")
+    return names
+
+
+def materialize(args: argparse.Namespace) -> int:
+    """The whole graph (or chosen assets/partitions) on the instance at $DAGSTER_HOME: one run per
+    partition of each partitioned stage, then the unpartitioned stages, like a backfill would."""
+    import dagster as dg
+
+    from unime_assets.definitions import defs
+    from unime_assets.defs.partitions import EVAL_SUBSETS, TRAIN_SUBSETS
+
+    parts = {"train": _partition_list(args.train, TRAIN_SUBSETS, "train"),
+             "eval": _partition_list(args.eval, EVAL_SUBSETS, "eval")}  # fmt: skip
+    wanted = set(args.assets.split(",")) if args.assets else set(ASSETS)
+    if unknown := wanted - set(ASSETS):
+        raise SystemExit(f"unknown asset(s) {sorted(unknown)}; expected some of {ASSETS}")
+    everything = [*defs.assets, *defs.asset_checks]
+    instance = dg.DagsterInstance.get()
+    t0 = time.time()
+    for kind, names in STAGES:
+        names = [n for n in names if n in wanted]
+        if not names:
+            continue
+        for key in parts[kind] if kind else [None]:
+            label = ",".join(names) + (f" [{key}]" if key else "")
+            print(f"[{time.time() - t0:6.0f}s] materializing {label}", flush=True)
+            result = dg.materialize(everything, selection=names, partition_key=key, instance=instance,
+                                    resources=defs.resources, raise_on_error=False)  # fmt: skip
+            if not result.success:
+                print(f"FAILED: {label} (run {result.run_id}); see the Dagster UI or the log above", file=sys.stderr)
+                return 1
+    print(f"materialized in {time.time() - t0:.0f}s")
     return 0
 
 
@@ -52,8 +104,11 @@ def summary(args: argparse.Namespace) -> int:
             print(f"  {name:22s} NOT MATERIALIZED")
             continue
         meta = event.asset_materialization.metadata
+        parts = instance.get_materialized_partitions(dg.AssetKey(name))
+        if parts:
+            meta = {**meta, "partitions": dg.MetadataValue.int(len(parts))}
         shown = []
-        for key in SHOWN[name]:
+        for key in ["partitions", *SHOWN[name]]:
             if key in meta:
                 value = meta[key].value
                 shown.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
@@ -79,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--size", default="demo", choices=["demo", "test"])
     b.add_argument("--home", default=None, help="default: $UNIME_HOME/embedded")
     b.set_defaults(func=build_default)
+    m = sub.add_parser("materialize", help="materialize the asset graph on the Dagster instance at $DAGSTER_HOME")
+    m.add_argument("--train", help="comma-separated train partitions (default: all)")
+    m.add_argument("--eval", help="comma-separated eval partitions (default: all)")
+    m.add_argument("--assets", help=f"comma-separated subset of {ASSETS} (default: all, in dependency order)")
+    m.set_defaults(func=materialize)
     s = sub.add_parser("summary", help="print the latest materialization of every asset and the MLflow state")
     s.set_defaults(func=summary)
     args = parser.parse_args(argv)

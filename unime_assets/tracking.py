@@ -58,6 +58,9 @@ class RunHandle:
     def log_text(self, text: str, path: str) -> None:
         MlflowClient().log_text(self.run_id, text, path)
 
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
 
 @contextlib.contextmanager
 def start_run(

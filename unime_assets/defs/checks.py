@@ -1,6 +1,5 @@
 """Asset checks: the data contracts between stages, verified on every materialization."""
 
-
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -11,10 +10,14 @@ from unime_assets.defs.resources import SettingsResource
 
 
 def _result(bad: int, total: int, what: str, **meta) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=bad == 0, metadata={"violations": bad, "rows": total, "rule": what, **meta})
+    return dg.AssetCheckResult(
+        passed=bad == 0, metadata={"violations": bad, "rows": total, "rule": what, **meta}
+    )
 
 
-@dg.asset_check(asset=mmeb_eval, blocking=True, description="Every row has candidates and aligned text/image lists.")
+@dg.asset_check(
+    asset=mmeb_eval, blocking=True, description="Every row has candidates and aligned text/image lists."
+)
 def eval_rows_well_formed(mmeb_eval: pl.DataFrame) -> dg.AssetCheckResult:
     n_text, n_img = mmeb_eval["tgt_text"].list.len(), mmeb_eval["tgt_img_path"].list.len()
     bad = int(((n_text != n_img) | (n_text == 0)).sum())
@@ -26,8 +29,12 @@ def eval_rows_well_formed(mmeb_eval: pl.DataFrame) -> dg.AssetCheckResult:
                 "and the positive itself is never a candidate.")  # fmt: skip
 def delta_rule_holds(candidate_pool: pl.DataFrame, settings: SettingsResource) -> dg.AssetCheckResult:
     bad = 0
-    for pos_id, ids, sims, pos_sim in candidate_pool.select("pos_cand_id", "cand_ids", "cand_sims", "pos_sim").iter_rows():
-        bad += int(pos_id in ids or any(x >= pos_sim for x in sims) or len(ids) > settings.get().retrieval.top_k)
+    for pos_id, ids, sims, pos_sim in candidate_pool.select(
+        "pos_cand_id", "cand_ids", "cand_sims", "pos_sim"
+    ).iter_rows():
+        bad += int(
+            pos_id in ids or any(x >= pos_sim for x in sims) or len(ids) > settings.get().retrieval.top_k
+        )
     return _result(bad, candidate_pool.height, "cand_sims < pos_sim, positive excluded, at most top_k")
 
 
@@ -35,7 +42,9 @@ def delta_rule_holds(candidate_pool: pl.DataFrame, settings: SettingsResource) -
                 description="Scores are probabilities and align one-to-one with the retrieved candidates.")  # fmt: skip
 def judge_scores_valid(judge_scores: pl.DataFrame, candidate_pool: pl.DataFrame) -> dg.AssetCheckResult:
     aligned = judge_scores["cand_scores"].list.len() == candidate_pool["cand_ids"].list.len()
-    flat = np.concatenate([judge_scores["pos_score"].to_numpy(), *map(np.asarray, judge_scores["cand_scores"].to_list())])
+    flat = np.concatenate(
+        [judge_scores["pos_score"].to_numpy(), *map(np.asarray, judge_scores["cand_scores"].to_list())]
+    )
     out_of_range = int(((flat < 0) | (flat > 1) | ~np.isfinite(flat)).sum())
     return _result(int((~aligned).sum()) + out_of_range, judge_scores.height, "0 <= score <= 1 and aligned",
                    out_of_range=out_of_range)  # fmt: skip

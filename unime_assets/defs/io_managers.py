@@ -4,7 +4,6 @@ In-repo rather than dagster-polars: that package pins polars < 2 and writes in p
 is a few lines and guarantees a reader never sees a half-written table.
 """
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -24,7 +23,9 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         if not isinstance(obj, pl.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame, got {type(obj)}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: expected a polars DataFrame, got {type(obj)}"
+            )
         partition = context.partition_key if context.has_partition_key else None
         path = write_parquet(obj, self._path(context.asset_key, partition))
         context.add_output_metadata(
@@ -37,10 +38,40 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
             }
         )
 
-    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
         key = context.upstream_output.asset_key if context.upstream_output else context.asset_key
+        if context.has_asset_partitions and not context.has_partition_key:
+            return self._load_partitions(context, key)
         partition = context.asset_partition_key if context.has_asset_partitions else None
         path = self._path(key, partition)
+        if not path.exists() and self._optional(context):
+            return pl.DataFrame()
         if not path.exists():
-            raise FileNotFoundError(f"{key.to_user_string()} has no stored table at {path}; materialize it first")
+            raise FileNotFoundError(
+                f"{key.to_user_string()} has no stored table at {path}; materialize it first"
+            )
         return pl.read_parquet(path)
+
+    @staticmethod
+    def _optional(context: dg.InputContext) -> bool:
+        """Inputs declared with AssetIn(metadata={"optional": True}) may be absent (read as empty)."""
+        return bool((context.definition_metadata or {}).get("optional"))
+
+    def _load_partitions(self, context: dg.InputContext, key: dg.AssetKey) -> dict[str, pl.DataFrame]:
+        """An unpartitioned asset reading a partitioned one gets {partition: table} of the partitions
+        materialized so far, so backfilling a few subsets is enough to run the rest of the graph."""
+        keys = context.asset_partition_keys
+        found = {k: self._path(key, k) for k in keys if self._path(key, k).exists()}
+        if not found and self._optional(context):
+            return {}
+        if not found:
+            raise FileNotFoundError(
+                f"{key.to_user_string()} has none of its {len(keys)} partitions materialized under "
+                f"{self._path(key, keys[0]).parent}; backfill at least one partition first"
+            )
+        missing = [k for k in keys if k not in found]
+        if missing:
+            context.log.warning(
+                f"{key.to_user_string()}: reading {len(found)} partitions; not materialized: {missing}"
+            )
+        return {k: pl.read_parquet(p) for k, p in found.items()}

@@ -1,6 +1,5 @@
 """Resources: the typed settings profile and an MLflow tracker tagged with the Dagster origin."""
 
-
 import contextlib
 import os
 from collections.abc import Iterator

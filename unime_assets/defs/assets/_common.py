@@ -1,6 +1,5 @@
 """Small helpers shared by the asset modules (metadata, lineage lookups, markdown tables)."""
 
-
 from collections.abc import Sequence
 
 import dagster as dg

@@ -1,11 +1,11 @@
 """Stage 6: MMEB Precision@1 per subset and aggregates, embedder alone and with the reranker."""
 
-
 import dagster as dg
 import polars as pl
 
 from unime_assets import plots
 from unime_assets.defs.assets._common import markdown_table, run_metadata, upstream_run_ids
+from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.evaluation import AGGREGATE_KEYS as AGG_KEYS
 
@@ -14,7 +14,7 @@ from unime_assets.evaluation import AGGREGATE_KEYS as AGG_KEYS
           deps=["retriever_model", "embedder_checkpoint", "reranker_checkpoint"],
           description="MMEB V1 protocol: per-row cosine ranking, P@1 (ties to the ground truth), means per "
           "meta-task / IND / OOD / overall (mean over datasets); retriever and untrained base as baselines.")  # fmt: skip
-def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: pl.DataFrame, settings: SettingsResource,
+def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataFrame], settings: SettingsResource,
                 mlflow: MlflowResource):  # fmt: skip
     from unime_assets.evaluation import aggregate
     from unime_assets.mmeb_runner import evaluate_model, rerank_subset
@@ -23,6 +23,8 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: pl.DataFrame, sett
 
     s = settings.get()
     ev = s.evaluation
+    evaluated = list(mmeb_eval)
+    mmeb_eval = concat_partitions(mmeb_eval)
     info = s.eval_catalog
     models = {
         "retriever": s.retriever_path,
@@ -52,10 +54,18 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: pl.DataFrame, sett
                                     batch_size=ev.rerank_batch_size)  # fmt: skip
             per_model[label][name] = outcome.precision_at_1
             unparsable += outcome.unparsable
-            context.log.info(f"{name}: reranked P@1 {outcome.precision_at_1:.3f} ({outcome.unparsable} unparsable)")
+            context.log.info(
+                f"{name}: reranked P@1 {outcome.precision_at_1:.3f} ({outcome.unparsable} unparsable)"
+            )
     table = pl.DataFrame(
         [
-            {"subset": n, "meta_task": info[n].meta_task, "split": info[n].split, "model": m, "precision_at_1": p}
+            {
+                "subset": n,
+                "meta_task": info[n].meta_task,
+                "split": info[n].split,
+                "model": m,
+                "precision_at_1": p,
+            }
             for m, scores in per_model.items()
             for n, p in scores.items()
         ]
@@ -64,12 +74,16 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: pl.DataFrame, sett
     names = list(next(iter(per_model.values())))
     per_dataset_md = markdown_table(
         ["subset", "meta-task", "split", *per_model],
-        [(n, info[n].meta_task, info[n].split, *(round(100 * per_model[m][n], 1) for m in per_model)) for n in names],
+        [
+            (n, info[n].meta_task, info[n].split, *(round(100 * per_model[m][n], 1) for m in per_model))
+            for n in names
+        ],
     )
     agg_md = markdown_table(["model", *AGG_KEYS], [(m, *(round(100 * a[k], 1) for k in AGG_KEYS))
                                                    for m, a in aggregates.items()])  # fmt: skip
     with mlflow.run(context) as run:
-        run.log_params({"image_size": ev.image_size, "rerank_top_k": ev.rerank_top_k, "subsets": len(names),
+        run.log_params({"image_size": ev.image_size, "rerank_top_k": ev.rerank_top_k, "subsets": ",".join(evaluated),
+                        "complete": set(evaluated) == set(s.eval_subset_names),
                         **upstream_run_ids(context, ["embedder_checkpoint", "reranker_checkpoint", "mmeb_eval"])})  # fmt: skip
         for m, agg in aggregates.items():
             slug = m.split(" (")[0].replace(" + ", "_plus_").replace(" ", "_")

@@ -1,68 +1,79 @@
-"""Stages 1-3: global candidate pool (FAISS), judge score matrix, mined hard negatives."""
-
+"""Stages 1-3: global candidate index, per-subset candidate pool (FAISS, δ rule), judge scores,
+mined hard negatives, and the training set the embedder and reranker read."""
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from unime_assets import plots
-from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
+from unime_assets.defs.assets._common import markdown_table, run_metadata, upstream_run_ids
+from unime_assets.defs.assets.data import concat_partitions
+from unime_assets.defs.partitions import check_partition, train_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
-from unime_assets.io import atomic_path, write_parquet
-
-
-def candidates_path(settings) -> str:
-    return str(settings.asset_dir("candidate_pool") / "candidates.parquet")
 
 
 @dg.asset(group_name="mining", kinds={"faiss", "polars"}, deps=["retriever_model"],
-          description="Per query: top-K global candidates by retriever cosine, strictly below the positive (δ rule).")  # fmt: skip
-def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, settings: SettingsResource,
-                   mlflow: MlflowResource):  # fmt: skip
-    import faiss
-
-    from unime_assets.retrieval import build_candidate_pool, make_index
+          description="Global pool: every unique (text, image) target of all training subsets, embedded by the "
+          "retriever (cached by model and content) and indexed with FAISS.")  # fmt: skip
+def candidate_index(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.DataFrame], settings: SettingsResource,
+                    mlflow: MlflowResource):  # fmt: skip
+    from unime_assets.retrieval import build_candidate_index
 
     s = settings.get()
+    r = s.retrieval
+    train = concat_partitions(mmeb_train)
+    with mlflow.run(context) as run:
+        run.log_params({"retriever": s.retriever_path, "subsets": ",".join(mmeb_train), **r.model_dump(),
+                        **upstream_run_ids(context, ["retriever_model"])})  # fmt: skip
+        res = build_candidate_index(train, str(s.retriever_path), str(s.train_image_root),
+                                    s.asset_dir("candidate_index"), cache_dir=s.asset_dir("embedding_cache"),
+                                    index_kind=r.index_kind, batch_size=r.batch_size)  # fmt: skip
+        stats = {"pool_size": res.candidates.height, "subsets": len(mmeb_train), **res.stats}
+        run.log_metrics({k: v for k, v in stats.items() if isinstance(v, int | float)})
+    context.log.info(f"candidate index: {stats}")
+    return dg.Output(res.candidates, metadata={**stats, "index_dir": dg.MetadataValue.path(str(res.out_dir)),
+                                               **run_metadata(run)})  # fmt: skip
+
+
+@dg.asset(group_name="mining", kinds={"faiss", "polars"}, partitions_def=train_partitions,
+          description="Per query of one subset: top-K global candidates by retriever cosine, strictly below the "
+          "query's own positive (δ rule), the positive and its exact duplicates excluded.")  # fmt: skip
+def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, candidate_index: pl.DataFrame,
+                   settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
+    from unime_assets.retrieval import search_candidate_pool
+
+    s = settings.get()
+    check_partition(s, context.partition_key, "train")
     with mlflow.run(context) as run:
         run.log_params({"retriever": s.retriever_path, "top_k": s.retrieval.top_k, "delta": "positive similarity",
-                        **upstream_run_ids(context, ["mmeb_train", "retriever_model"])})  # fmt: skip
-        res = build_candidate_pool(mmeb_train, str(s.retriever_path), str(s.train_image_root),
-                                   top_k=s.retrieval.top_k, batch_size=s.retrieval.batch_size)  # fmt: skip
-        out_dir = s.asset_dir("candidate_pool")
-        write_parquet(res.candidates, candidates_path(s))
-        for name, arr in (("query_embeddings.npy", res.query_emb), ("candidate_embeddings.npy", res.cand_emb)):
-            with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, arr)
-        with atomic_path(out_dir / "index.faiss") as tmp:
-            faiss.write_index(make_index(res.cand_emb, use_gpu=False), str(tmp))
-        n_kept = res.pool["cand_ids"].list.len()
-        stats = {"queries": res.pool.height, "pool_size": res.candidates.height,
-                 "mean_candidates": float(n_kept.mean()), "min_candidates": int(n_kept.min()),
-                 "mean_pos_sim": float(res.pool["pos_sim"].mean())}  # fmt: skip
-        run.log_metrics(stats)
-        top1 = np.array([s_[0] for s_ in res.pool["cand_sims"].to_list() if len(s_)], dtype=np.float32)
-        fig = plots.histograms({"positive": res.pool["pos_sim"].to_numpy(), "top-1 candidate": top1},
+                        **upstream_run_ids(context, ["candidate_index"])})  # fmt: skip
+        pool, stats = search_candidate_pool(mmeb_train, s.asset_dir("candidate_index"), str(s.retriever_path),
+                                            str(s.train_image_root), cache_dir=s.asset_dir("embedding_cache"),
+                                            top_k=s.retrieval.top_k, batch_size=s.retrieval.batch_size)  # fmt: skip
+        n_kept = pool["cand_ids"].list.len()
+        stats = {**stats, "queries": pool.height, "mean_candidates": float(n_kept.mean()),
+                 "min_candidates": int(n_kept.min()), "mean_pos_sim": float(pool["pos_sim"].mean())}  # fmt: skip
+        run.log_metrics({k: v for k, v in stats.items() if isinstance(v, int | float)})
+        top1 = np.array([x[0] for x in pool["cand_sims"].to_list() if len(x)], dtype=np.float32)
+        fig = plots.histograms({"positive": pool["pos_sim"].to_numpy(), "top-1 candidate": top1},
                                "retriever cosine", xlabel="cosine")  # fmt: skip
         hist = run.log_figure(fig, "similarities")
-    context.log.info(f"pool of {res.candidates.height} candidates; {stats['mean_candidates']:.1f} kept per query")
-    return dg.Output(res.pool, metadata={
-        **stats, "candidates_table": dg.MetadataValue.path(candidates_path(s)),
-        "embeddings_dir": dg.MetadataValue.path(str(out_dir)), "similarities": dg.MetadataValue.md(hist),
-        **run_metadata(run),
-    })  # fmt: skip
+    return dg.Output(pool, metadata={**stats, "similarities": dg.MetadataValue.md(hist), **run_metadata(run)})
 
 
-@dg.asset(group_name="mining", kinds={"pytorch", "polars"}, deps=["judge_model"],
-          description="Judge score e^yes/(e^yes+e^no) for (query, positive) and every (query, candidate).")  # fmt: skip
+@dg.asset(group_name="mining", kinds={"pytorch", "polars"}, partitions_def=train_partitions, deps=["judge_model"],
+          pool="gpu", tags={"dagster/max_runtime": str(24 * 3600)},
+          description="Judge score e^yes/(e^yes+e^no) for (query, positive) and every (query, candidate); "
+          "written in resumable shards keyed by judge, prompt version and content.")  # fmt: skip
 def judge_scores(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, candidate_pool: pl.DataFrame,
-                 settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
+                 candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
     from unime_assets.judging import PROMPT_VERSION, score_candidate_pool, score_quality
 
     s = settings.get()
-    candidates = pl.read_parquet(candidates_path(s))
+    subset = context.partition_key
+    check_partition(s, subset, "train")
     n_pairs = candidate_pool.height + int(candidate_pool["cand_ids"].list.len().sum())
-    context.log.info(f"judging {n_pairs} pairs with {s.judge_path}")
+    context.log.info(f"{subset}: judging {n_pairs} pairs with {s.judge_path}")
     last = {"logged": 0}
 
     def progress(done: int, total: int) -> None:
@@ -72,43 +83,91 @@ def judge_scores(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, ca
 
     with mlflow.run(context) as run:
         run.log_params({"judge": s.judge_path, "prompt_version": PROMPT_VERSION, "pairs": n_pairs,
-                        **upstream_run_ids(context, ["candidate_pool", "judge_model"])})  # fmt: skip
-        df = score_candidate_pool(mmeb_train, candidates, candidate_pool, str(s.judge_path), str(s.train_image_root),
-                                  batch_size=s.judging.batch_size, on_batch=progress)  # fmt: skip
+                        **s.judging.model_dump(), **upstream_run_ids(context, ["candidate_pool", "judge_model"])})  # fmt: skip
+        df = score_candidate_pool(mmeb_train, candidate_index, candidate_pool, str(s.judge_path),
+                                  str(s.train_image_root), batch_size=s.judging.batch_size, on_batch=progress,
+                                  shard_dir=s.asset_dir("judge_scores") / "shards" / subset,
+                                  shard_queries=s.judging.shard_queries)  # fmt: skip
         pos = df["pos_score"].to_numpy()
         cands = [np.asarray(c) for c in df["cand_scores"].to_list()]
         quality = score_quality(pos, cands)
         run.log_metrics(quality)
-        hist = run.log_figure(plots.histograms({"positive": pos, "candidates": np.concatenate(cands)},
-                                               "judge scores"), "scores")  # fmt: skip
+        flat = np.concatenate(cands) if cands else np.empty(0)
+        hist = run.log_figure(
+            plots.histograms({"positive": pos, "candidates": flat}, "judge scores"), "scores"
+        )
     return dg.Output(df, metadata={"pairs": n_pairs, **quality, "histogram": dg.MetadataValue.md(hist),
                                    **run_metadata(run)})  # fmt: skip
 
 
-@dg.asset(group_name="mining", kinds={"polars"},
-          description="UniME-V2 sampling: β false-negative filter, 5-step cyclic sampling, fallback 1.0.")  # fmt: skip
+@dg.asset(group_name="mining", kinds={"polars"}, partitions_def=train_partitions,
+          description="Hard negatives per query by the configured strategy (UniME-V2: β false-negative filter, "
+          "5-step cyclic sampling, fallback 1.0; or NV-Retriever / rank-window / top / random).")  # fmt: skip
 def mined_negatives(context: dg.AssetExecutionContext, judge_scores: pl.DataFrame, candidate_pool: pl.DataFrame,
-                    settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
-    from unime_assets.mining import mine_table
+                    candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
+    from unime_assets.mining import kept_and_dropped, mine_table
 
     s = settings.get()
+    check_partition(s, context.partition_key, "train")
     m = s.mining
-    n_pool = pl.scan_parquet(candidates_path(s)).select(pl.len()).collect().item()
     with mlflow.run(context) as run:
-        run.log_params({"strategy": m.strategy, "beta": m.beta, "step": m.step, "k": m.n_negatives, "seed": m.seed,
-                        **upstream_run_ids(context, ["judge_scores"])})  # fmt: skip
-        df = mine_table(judge_scores, candidate_pool, beta=m.beta, step=m.step, k=m.n_negatives, seed=m.seed,
-                        n_pool=n_pool)
-        # Kept vs dropped by the false-negative filter, for the plot.
-        thr = judge_scores["pos_score"].to_numpy() - m.beta
-        flat = [(np.asarray(c), t) for c, t in zip(judge_scores["cand_scores"].to_list(), thr, strict=True)]
-        kept = np.concatenate([c[c <= t] for c, t in flat] or [np.empty(0)])
-        dropped = np.concatenate([c[c > t] for c, t in flat] or [np.empty(0)])
+        run.log_params({**m.model_dump(), **upstream_run_ids(context, ["judge_scores"])})
+        df = mine_table(judge_scores, candidate_pool, m, n_pool=candidate_index.height)
+        kept, dropped = kept_and_dropped(judge_scores, candidate_pool, m)
         stats = {"queries": df.height, "fallback_fraction": float(df["fallback"].mean()),
                  "mean_survivors": float(df["n_survivors"].mean()),
                  "false_negative_filter_rate": float(len(dropped) / max(len(kept) + len(dropped), 1)),
                  "mean_negative_score": float(np.mean(np.concatenate(df["neg_scores"].to_list())))}  # fmt: skip
         run.log_metrics(stats)
         hist = run.log_figure(plots.histograms({"kept": kept, "dropped (false negatives)": dropped},
-                                               "judge scores of candidates"), "kept_vs_dropped")  # fmt: skip
-    return dg.Output(df, metadata={**stats, "kept_vs_dropped": dg.MetadataValue.md(hist), **run_metadata(run)})
+                                               f"judge scores of candidates ({m.strategy})"), "kept_vs_dropped")  # fmt: skip
+    return dg.Output(df, metadata={**stats, "strategy": m.strategy, "kept_vs_dropped": dg.MetadataValue.md(hist),
+                                   **run_metadata(run)})  # fmt: skip
+
+
+# Optional inputs: with an imported official score file the training set needs none of stages 1-3.
+_OPTIONAL = {"optional": True}
+
+
+@dg.asset(group_name="mining", kinds={"polars", "json"},
+          ins={n: dg.AssetIn(n, metadata=_OPTIONAL) for n in ("mmeb_train", "judge_scores", "mined_negatives",
+                                                               "candidate_index")},
+          description="What the embedder and reranker train on: per query the positive and its negatives with "
+          "judge scores, from this pipeline's mined_negatives or an imported official UniME-V2 score file; "
+          "also exported in the official JSON format.")  # fmt: skip
+def training_set(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.DataFrame],
+                 judge_scores: dict[str, pl.DataFrame], mined_negatives: dict[str, pl.DataFrame],
+                 candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
+    from unime_assets.data import unime_scores
+    from unime_assets.training.data import build_training_set
+
+    s = settings.get()
+    src = s.training_data
+    out_dir = s.asset_dir("training_set")
+    with mlflow.run(context) as run:
+        if src.source == "official":
+            imported = unime_scores.to_pipeline_tables(unime_scores.read(src.official_scores_file))
+            df = build_training_set(imported.train, imported.candidates, imported.judge, imported.mined)
+            run.log_params({"source": "official", "file": src.official_scores_file})
+        else:
+            if not mined_negatives:
+                raise ValueError(
+                    "training_data.source is 'mined' but no mined_negatives partition is materialized"
+                )
+            df = build_training_set(concat_partitions(mmeb_train), candidate_index, concat_partitions(judge_scores),
+                                    concat_partitions(mined_negatives))  # fmt: skip
+            run.log_params({"source": "mined", "strategy": s.mining.strategy,
+                            **upstream_run_ids(context, ["mined_negatives", "judge_scores", "candidate_index"])})  # fmt: skip
+        if df.is_empty():
+            raise ValueError(
+                "training set is empty: no mined_negatives partitions or no records in the score file"
+            )
+        export = out_dir / "unime_v2_scores.json"
+        unime_scores.write(unime_scores.from_training_set(df), export)
+        counts = df.group_by("subset", maintain_order=True).agg(pl.len().alias("queries"),
+                                                                pl.col("fallback").mean().alias("fallback"))  # fmt: skip
+        table = markdown_table(["subset", "queries", "fallback fraction"], counts.rows())
+        run.log_metrics({"queries": df.height, "subsets": counts.height})
+        run.log_text(table, "subsets.md")
+    return dg.Output(df, metadata={"queries": df.height, "source": src.source, "per_subset": dg.MetadataValue.md(table),
+                                   "official_format_export": dg.MetadataValue.path(str(export)), **run_metadata(run)})  # fmt: skip

@@ -1,13 +1,13 @@
 """Retriever and judge checkpoints: a configured local checkpoint, or (embedded default) a tiny
 backbone bootstrapped here so that retrieval and judge scores carry signal."""
 
-
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from unime_assets import plots
 from unime_assets.defs.assets._common import markdown_table, run_metadata, step_logger
+from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.models.loading import check_checkpoint_dir
 
@@ -25,13 +25,14 @@ def _checkpoint_metadata(path) -> dict:
 
 @dg.asset(group_name="models", kinds={"pytorch", "deepspeed"},
           description="Stage-1 retriever (VLM2Vec in the paper). Embedded default: tiny Qwen2-VL + InfoNCE.")  # fmt: skip
-def retriever_model(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, settings: SettingsResource,
-                    mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
+def retriever_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.DataFrame],
+                    settings: SettingsResource, mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.training.data import retriever_pairs
     from unime_assets.training.engine import EngineConfig
     from unime_assets.training.loops import train_retriever_infonce
 
     s = settings.get()
+    train = concat_partitions(mmeb_train)
     with mlflow.run(context) as run:
         if not s.bootstrap.enabled:
             path = check_checkpoint_dir(s.retriever.path, "retriever")
@@ -43,7 +44,7 @@ def retriever_model(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame,
                            lr=b.retriever_lr, warmup_steps=b.retriever_steps // 10, zero_stage=s.embedder.zero_stage)  # fmt: skip
         run.log_params({"base": base, "bootstrap": True, "steps": b.retriever_steps, "lr": b.retriever_lr,
                         "batch_size": b.retriever_batch_size, "temperature": b.retriever_temperature})  # fmt: skip
-        result = train_retriever_infonce(base, retriever_pairs(mmeb_train), s.train_image_root, s.retriever_path,
+        result = train_retriever_infonce(base, retriever_pairs(train), s.train_image_root, s.retriever_path,
                                          cfg, temperature=b.retriever_temperature, log=step_logger(context, run))  # fmt: skip
         curve = run.log_figure(plots.loss_curve(result.losses, "retriever InfoNCE (bootstrap)"), "loss")
         return dg.MaterializeResult(metadata={
@@ -55,8 +56,9 @@ def retriever_model(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame,
 @dg.asset(group_name="models", kinds={"pytorch", "deepspeed"},
           description="MLLM judge (Qwen2.5-VL-7B in the paper). Embedded default: tiny Qwen2.5-VL + Yes/No SFT. "
           "Reports the AUC of held-out positives vs random candidates.")  # fmt: skip
-def judge_model(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, mmeb_eval: pl.DataFrame,
-                settings: SettingsResource, mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
+def judge_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.DataFrame],
+                mmeb_eval: dict[str, pl.DataFrame], settings: SettingsResource,
+                mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from sklearn.metrics import roc_auc_score
 
     from unime_assets.judging import held_out_pairs, score_pairs
@@ -67,12 +69,13 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, mme
     from unime_assets.training.loops import train_sft
 
     s = settings.get()
+    train, evals = concat_partitions(mmeb_train), concat_partitions(mmeb_eval)
     meta: dict = {}
     with mlflow.run(context) as run:
         if s.bootstrap.enabled:
             b = s.bootstrap
             base = check_checkpoint_dir(s.judge.path, "judge base")
-            examples = judge_bootstrap_examples(mmeb_train, seed=0)
+            examples = judge_bootstrap_examples(train, seed=0)
             cfg = EngineConfig(micro_batch_size=b.judge_batch_size, total_steps=b.judge_steps, lr=b.judge_lr,
                                warmup_steps=b.judge_steps // 10, zero_stage=s.reranker.zero_stage)  # fmt: skip
             run.log_params({"base": base, "bootstrap": True, "steps": b.judge_steps, "lr": b.judge_lr,
@@ -80,7 +83,9 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, mme
             result = train_sft(base, examples, s.train_image_root, s.judge_path, cfg, role="judge",
                                log=step_logger(context, run))  # fmt: skip
             meta["final_loss"] = result.losses[-1]
-            meta["loss_curve"] = dg.MetadataValue.md(run.log_figure(plots.loss_curve(result.losses, "judge SFT"), "loss"))
+            meta["loss_curve"] = dg.MetadataValue.md(
+                run.log_figure(plots.loss_curve(result.losses, "judge SFT"), "loss")
+            )
         else:
             check_checkpoint_dir(s.judge.path, "judge")
             run.log_params({"path": s.judge.path, "bootstrap": False})
@@ -91,7 +96,7 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, mme
         info = s.eval_catalog
         aucs, hist, n_pairs, pos_mean = {}, None, 0, float("nan")
         for split in ("IND", "OOD"):
-            rows = mmeb_eval.filter(pl.col("subset").is_in([n for n in info if info[n].split == split]))
+            rows = evals.filter(pl.col("subset").is_in([n for n in info if info[n].split == split]))
             pairs, labels = held_out_pairs(rows, max_rows=400)
             if len(set(labels.tolist())) < 2:
                 continue

@@ -1,0 +1,43 @@
+"""Per-dataset partitions: one partition per MMEB-train subset and one per MMEB-eval subset.
+
+Partition keys are the subset names of the settings profile the code location loads with
+($UNIME_SETTINGS, else the embedded default; the synthetic catalog when that file does not exist
+yet). Dagster fixes partitions when it loads the code, so the settings resource's file must list
+the same subsets; assets check this and fail with both lists in the message.
+"""
+
+import dagster as dg
+
+from unime_assets.config import Settings, default_settings_file, load_settings
+from unime_assets.data.catalog import get_catalog
+
+
+def _profile_subsets() -> tuple[list[str], list[str]]:
+    path = default_settings_file()
+    if path.is_file():
+        s = load_settings(path)
+        return s.train_subset_names, s.eval_subset_names
+    train, evals = get_catalog("synthetic")  # before `unime-assets build-default` has written the file
+    return list(train), list(evals)
+
+
+TRAIN_SUBSETS, EVAL_SUBSETS = _profile_subsets()
+train_partitions = dg.StaticPartitionsDefinition(TRAIN_SUBSETS)
+eval_partitions = dg.StaticPartitionsDefinition(EVAL_SUBSETS)
+
+
+def check_partition(settings: Settings, key: str, kind: str) -> None:
+    names = settings.train_subset_names if kind == "train" else settings.eval_subset_names
+    if key not in names:
+        raise ValueError(
+            f"partition {key!r} is not a {kind} subset of the settings profile {settings.profile!r} ({names}); "
+            "the code location was loaded with another settings file: point UNIME_SETTINGS at the same file"
+        )
+
+
+def partition_metadata(settings: Settings, key: str, kind: str) -> dict[str, str]:
+    """Meta-task and IND/OOD of a subset, for materialization metadata and MLflow tags."""
+    train_to_eval, info = get_catalog(settings.catalog)
+    eval_name = train_to_eval[key] if kind == "train" else key
+    sub = info[eval_name]
+    return {"subset": key, "eval_subset": eval_name, "meta_task": sub.meta_task, "split": sub.split}
