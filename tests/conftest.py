@@ -36,3 +36,31 @@ def tiny_qwen2vl(embedded_home) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen25vl(embedded_home) -> Path:
     return embedded_home / "models" / "tiny-qwen2.5-vl"
+
+
+@pytest.fixture(scope="session")
+def materialized(tmp_path_factory, embedded_home) -> dict:
+    """The reduced graph materialized once per session through the real CLI, in its own Dagster
+    instance, MLflow store and artifacts root: two train and three eval partitions backfilled, then
+    every unpartitioned asset. Returns the environment that points a process at it, plus paths."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = tmp_path_factory.mktemp("materialized")
+    raw = yaml.safe_load((embedded_home / "settings.yaml").read_text())
+    raw["artifacts_root"] = str(root / "assets")
+    (root / "settings.yaml").write_text(yaml.safe_dump(raw))
+    (root / "dg").mkdir()
+    env = {**os.environ, "UNIME_HOME": str(root / "home"), "UNIME_SETTINGS": str(root / "settings.yaml"),
+           "DAGSTER_HOME": str(root / "dg"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}  # fmt: skip
+    cmd = [sys.executable, "-m", "unime_assets.cli", "materialize", "--train", ",".join(E2E_TRAIN),
+           "--eval", ",".join(E2E_EVAL)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return {"env": env, "root": root, "tables": root / "home" / "assets" / "tables", "log": proc.stdout,
+            "train": E2E_TRAIN, "eval": E2E_EVAL}
+
+
+E2E_TRAIN, E2E_EVAL = ["SynColor", "SynCaps_t2i"], ["SynColor", "SynHue", "SynCaps_i2t"]

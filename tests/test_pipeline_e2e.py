@@ -4,7 +4,6 @@ unpartitioned rest of the graph consuming exactly those."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -12,27 +11,17 @@ import dagster as dg
 import pandas as pd
 import polars as pl
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from unime_assets.cli import ASSETS
 
-TRAIN, EVAL = ["SynColor", "SynCaps_t2i"], ["SynColor", "SynHue", "SynCaps_i2t"]
-
 
 @pytest.mark.slow
-def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(tmp_path, embedded_home, settings):
-    raw = yaml.safe_load((embedded_home / "settings.yaml").read_text())
-    raw["artifacts_root"] = str(tmp_path / "assets")
-    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(raw))
-    (tmp_path / "dg").mkdir()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "UNIME_HOME": str(tmp_path / "home"), "UNIME_SETTINGS": str(tmp_path / "settings.yaml"),
-           "DAGSTER_HOME": str(tmp_path / "dg"), "MLFLOW_TRACKING_URI": uri}  # fmt: skip
+def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, settings):
+    env, tmp_path = materialized["env"], materialized["root"]
+    TRAIN, EVAL = materialized["train"], materialized["eval"]
+    uri = env["MLFLOW_TRACKING_URI"]
     cli = [sys.executable, "-m", "unime_assets.cli"]
-    proc = subprocess.run([*cli, "materialize", "--train", ",".join(TRAIN), "--eval", ",".join(EVAL)], env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     summary = subprocess.run([*cli, "summary"], env=env, capture_output=True, text=True, timeout=300)
     assert summary.returncode == 0, summary.stdout + summary.stderr
 
@@ -66,7 +55,7 @@ def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(tmp_path, embedde
         assert mv.tags["upstream.training_set.run_id"] == ts_run
 
     # data contracts between the stages, per partition
-    tables = tmp_path / "home" / "assets" / "tables"
+    tables = materialized["tables"]
     for p in TRAIN:
         train, pool = pl.read_parquet(tables / "mmeb_train" / f"{p}.parquet"), pl.read_parquet(
             tables / "candidate_pool" / f"{p}.parquet"
