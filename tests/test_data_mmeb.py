@@ -12,14 +12,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from unime_assets.data.errors import DataValidationError
 from unime_assets.data.mmeb import (
     EVAL_COLUMNS,
+    PROVENANCE_COLUMNS,
     TRAIN_COLUMNS,
     load_eval,
     load_train,
     pair_id,
     read_eval_subset,
     read_train_subset,
+    strip_provenance,
 )
 from unime_assets.data.synthetic import generate
 
@@ -316,3 +319,52 @@ def test_load_train_dedup_keeps_first_and_order(tmp_path: Path) -> None:
     assert df["pair_id"].to_list()[0] == pair_id("A", "1", "", "p", "")
     assert df["pair_id"].n_unique() == 4
     assert load_train(tmp_path, []).columns == ["pair_id", "subset", *TRAIN_COLUMNS]
+
+
+# ----------------------------------------------------------------------------- provenance, strict, dedup
+
+
+def test_provenance_columns_name_file_and_row_per_shard(tmp_path: Path) -> None:
+    f0 = write_train(tmp_path, "T", [trow(q="a"), trow(q="b")], name="original-00000-of-00002")
+    f1 = write_train(tmp_path, "T", [trow(q="c")], name="original-00001-of-00002")
+    df = read_train_subset(tmp_path, "T", provenance=True)
+    assert df.columns == [*TRAIN_COLUMNS, *PROVENANCE_COLUMNS]
+    assert df.select(PROVENANCE_COLUMNS).rows() == [(str(f0), 0), (str(f0), 1), (str(f1), 0)]
+    assert df.schema["source_row"] == pl.Int64
+    tr = load_train(tmp_path, ["T"], provenance=True)
+    assert tr.columns == ["pair_id", "subset", *TRAIN_COLUMNS, *PROVENANCE_COLUMNS]
+    assert strip_provenance(tr).equals(load_train(tmp_path, ["T"]))  # the contract without them
+    assert load_train(tmp_path, [], provenance=True).columns == tr.columns
+    e0 = write_eval(tmp_path, "E", [erow(q="x"), erow(q="y")])
+    ev = load_eval(tmp_path, ["E"], provenance=True)
+    assert ev.select("row", *PROVENANCE_COLUMNS).rows() == [(0, str(e0), 0), (1, str(e0), 1)]
+    assert strip_provenance(ev).columns == ["subset", "row", *EVAL_COLUMNS]
+
+
+def test_load_train_dedup_false_keeps_repeats(tmp_path: Path) -> None:
+    write_train(tmp_path, "A", [trow(q="1"), trow(q="1"), trow(q="2")])
+    assert load_train(tmp_path, ["A"]).height == 2
+    df = load_train(tmp_path, ["A"], dedup=False, provenance=True)
+    assert df["source_row"].to_list() == [0, 1, 2] and df["pair_id"].n_unique() == 2
+
+
+def test_eval_non_strict_leaves_row_defects_to_validation(tmp_path: Path) -> None:
+    write_eval(
+        tmp_path, "E", [erow(), erow(q="", qi=""), erow(tt=None, ti=None), erow(tt=("a",), ti=("", ""))]
+    )
+    with pytest.raises(ValueError):
+        read_eval_subset(tmp_path, "E")
+    ev = read_eval_subset(tmp_path, "E", strict=False)
+    assert ev.height == 4 and ev["tgt_text"][2].to_list() == [] and ev["tgt_img_path"][3].len() == 2
+    # schema defects still fail: they are not row defects
+    schema = pa.schema([f for f in EVAL if f.name != "tgt_img_path"])
+    write_eval(tmp_path, "M", [{"qry_text": "q", "qry_img_path": "", "tgt_text": ["a"]}], schema=schema)
+    with pytest.raises(DataValidationError):
+        read_eval_subset(tmp_path, "M", strict=False)
+
+
+def test_reader_errors_carry_file_row_field(tmp_path: Path) -> None:
+    p = write_eval(tmp_path, "E", [erow(), erow(tt=("a", "b", "c"), ti=("", ""))])
+    with pytest.raises(DataValidationError) as e:
+        read_eval_subset(tmp_path, "E")
+    assert (e.value.file, e.value.row, e.value.field) == (str(p), 1, "tgt_img_path")

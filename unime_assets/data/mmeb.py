@@ -2,7 +2,13 @@
 
 Texts are final prompts whose whitespace is significant (the pooled token is often the trailing
 "\\n"), so nothing here strips or normalises a string. Nulls become "" because MMEB uses "" for
-"absent" (no image / no text). Every error names the file and, where it applies, the row and field.
+"absent" (no image / no text). Every error (DataValidationError, a ValueError) names the file and,
+where it applies, the row and field.
+
+Provenance: with `provenance=True` every reader adds `source_file` (String, the parquet path) and
+`source_row` (Int64, 0-based row inside that file) so `unime_assets.data.validation` can point at the
+exact row of a finding. They are off by default, so the asset contracts (mmeb.md, design.md) hold;
+`strip_provenance` drops them after validation.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from unime_assets.data.errors import DataValidationError
+
 TRAIN_COLUMNS = ["qry", "qry_image_path", "pos_text", "pos_image_path"]
 TRAIN_NEG_COLUMNS = ["neg_text", "neg_image_path"]
 EVAL_COLUMNS = ["qry_text", "qry_img_path", "tgt_text", "tgt_img_path"]
@@ -23,6 +31,20 @@ EVAL_LIST_COLUMNS = ["tgt_text", "tgt_img_path"]
 
 LOAD_TRAIN_COLUMNS = ["pair_id", "subset", *TRAIN_COLUMNS]
 LOAD_EVAL_COLUMNS = ["subset", "row", *EVAL_COLUMNS]
+PROVENANCE_COLUMNS = ["source_file", "source_row"]
+PROVENANCE_SCHEMA = {"source_file": pl.String, "source_row": pl.Int64}
+
+
+def strip_provenance(df: pl.DataFrame) -> pl.DataFrame:
+    """`df` without the provenance columns (a no-op when it has none)."""
+    return df.drop(PROVENANCE_COLUMNS, strict=False)
+
+
+def _with_provenance(df: pl.DataFrame, file: Path) -> pl.DataFrame:
+    return df.with_columns(
+        pl.lit(str(file), dtype=pl.String).alias("source_file"),
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"),
+    )
 
 
 def _is_str(t: pa.DataType) -> bool:
@@ -45,16 +67,22 @@ def _glob(root: str | os.PathLike, subset: str, pattern: str) -> list[Path]:
 def _check_columns(file: Path, schema: pa.Schema, required: Sequence[str], what: str) -> None:
     missing = [c for c in required if c not in schema.names]
     if missing:
-        raise ValueError(f"{file}: {what} file is missing column(s) {missing}; it has {schema.names}")
+        raise DataValidationError(
+            f"{file}: {what} file is missing column(s) {missing}; it has {schema.names}",
+            file=str(file),
+            field=",".join(missing),
+        )
 
 
 def _check_str(file: Path, schema: pa.Schema, col: str) -> None:
     t = schema.field(col).type
     if not (_is_str(t) or pa.types.is_null(t)):
-        raise ValueError(f"{file}: column {col!r} must be string, got {t}")
+        raise DataValidationError(
+            f"{file}: column {col!r} must be string, got {t}", file=str(file), field=col
+        )
 
 
-def _read_train_file(file: Path, keep_neg: bool, limit: int | None) -> pl.DataFrame:
+def _read_train_file(file: Path, keep_neg: bool, limit: int | None, provenance: bool) -> pl.DataFrame:
     schema = pq.read_schema(file)
     _check_columns(file, schema, TRAIN_COLUMNS, "MMEB-train")
     has_neg = all(c in schema.names for c in TRAIN_NEG_COLUMNS)
@@ -70,17 +98,24 @@ def _read_train_file(file: Path, keep_neg: bool, limit: int | None) -> pl.DataFr
     if keep_neg and not has_neg:
         # a shard without negatives next to shards with them: "" = absent, as in MMEB
         df = df.with_columns(pl.lit("", dtype=pl.String).alias(c) for c in TRAIN_NEG_COLUMNS)
-    return df.select(TRAIN_COLUMNS + (TRAIN_NEG_COLUMNS if keep_neg else []))
+    df = df.select(TRAIN_COLUMNS + (TRAIN_NEG_COLUMNS if keep_neg else []))
+    return _with_provenance(df, file) if provenance else df
 
 
 def read_train_subset(
-    root: str | os.PathLike, subset: str, split: str = "original", limit: int | None = None
+    root: str | os.PathLike,
+    subset: str,
+    split: str = "original",
+    limit: int | None = None,
+    *,
+    provenance: bool = False,
 ) -> pl.DataFrame:
     """Read `<root>/<subset>/<split>-*.parquet` (MMEB-train; shards in sorted order, concatenated).
 
     Returns the columns `qry, qry_image_path, pos_text, pos_image_path` (all String, nulls -> ""),
-    plus `neg_text, neg_image_path` when the subset has them (A-OKVQA, ChartQA). `limit` keeps the
-    first rows only, like V1's `num_sample_per_subset`.
+    plus `neg_text, neg_image_path` when the subset has them (A-OKVQA, ChartQA), plus
+    `source_file, source_row` with `provenance`. `limit` keeps the first rows only, like V1's
+    `num_sample_per_subset`.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
@@ -91,7 +126,7 @@ def read_train_subset(
     for f in files:
         if remaining == 0 and frames:  # the first shard is always read: it gives the schema
             break
-        df = _read_train_file(f, keep_neg, remaining)
+        df = _read_train_file(f, keep_neg, remaining, provenance)
         frames.append(df)
         if remaining is not None:
             remaining -= df.height
@@ -106,7 +141,7 @@ def _first_bad(df: pl.DataFrame, mask: pl.Expr) -> tuple[int, int] | None:
     return int(bad.item(0, 0)), bad.height
 
 
-def _read_eval_file(file: Path) -> pl.DataFrame:
+def _read_eval_file(file: Path, strict: bool, provenance: bool) -> pl.DataFrame:
     schema = pq.read_schema(file)
     _check_columns(file, schema, EVAL_COLUMNS, "MMEB-eval")
     for c in ("qry_text", "qry_img_path"):
@@ -114,50 +149,73 @@ def _read_eval_file(file: Path) -> pl.DataFrame:
     for c in EVAL_LIST_COLUMNS:
         t = schema.field(c).type
         if not _is_str_list(t):
-            raise ValueError(f"{file}: column {c!r} must be list<string>, got {t}")
+            raise DataValidationError(
+                f"{file}: column {c!r} must be list<string>, got {t}", file=str(file), field=c
+            )
     df = pl.from_arrow(pq.read_table(file, columns=EVAL_COLUMNS))
     assert isinstance(df, pl.DataFrame)
     df = df.with_columns(
         *(pl.col(c).cast(pl.String).fill_null("") for c in ("qry_text", "qry_img_path")),
         *(pl.col(c).cast(pl.List(pl.String)) for c in EVAL_LIST_COLUMNS),
     )
+    if strict:
+        _check_eval_rows(file, df)
+    else:  # row defects are left to validation.validate_eval; a null list reads as no candidates
+        df = df.with_columns(pl.col(c).fill_null([]) for c in EVAL_LIST_COLUMNS)
+    # null candidate entries mean "absent", like null scalars
+    df = df.with_columns(pl.col(c).list.eval(pl.element().fill_null("")) for c in EVAL_LIST_COLUMNS)
+    return _with_provenance(df, file) if provenance else df
 
+
+def _row_error(file: Path, row: int, field: str, message: str) -> DataValidationError:
+    return DataValidationError(f"{file}: row {row}: {message}", file=str(file), row=row, field=field)
+
+
+def _check_eval_rows(file: Path, df: pl.DataFrame) -> None:
     for c in EVAL_LIST_COLUMNS:
         hit = _first_bad(df, pl.col(c).is_null())
         if hit:
-            raise ValueError(f"{file}: row {hit[0]}: field {c!r} is null ({hit[1]} row(s) affected)")
+            raise _row_error(file, hit[0], c, f"field {c!r} is null ({hit[1]} row(s) affected)")
     n_text, n_img = pl.col("tgt_text").list.len(), pl.col("tgt_img_path").list.len()
     hit = _first_bad(df, n_text != n_img)
     if hit:
         i = hit[0]
         a, b = df["tgt_text"][i].len(), df["tgt_img_path"][i].len()
-        raise ValueError(
-            f"{file}: row {i}: field 'tgt_img_path' has {b} candidates but 'tgt_text' has {a} "
-            f"({hit[1]} row(s) affected)"
+        raise _row_error(
+            file,
+            i,
+            "tgt_img_path",
+            f"field 'tgt_img_path' has {b} candidates but 'tgt_text' has {a} ({hit[1]} row(s) affected)",
         )
     hit = _first_bad(df, n_text == 0)
     if hit:
-        raise ValueError(
-            f"{file}: row {hit[0]}: field 'tgt_text' is an empty candidate list ({hit[1]} row(s))"
+        raise _row_error(
+            file, hit[0], "tgt_text", f"field 'tgt_text' is an empty candidate list ({hit[1]} row(s))"
         )
     hit = _first_bad(df, (pl.col("qry_text") == "") & (pl.col("qry_img_path") == ""))
     if hit:
-        raise ValueError(
-            f"{file}: row {hit[0]}: empty query: field 'qry_text' and field 'qry_img_path' are both empty "
-            f"({hit[1]} row(s))"
+        raise _row_error(
+            file,
+            hit[0],
+            "qry_text,qry_img_path",
+            f"empty query: field 'qry_text' and field 'qry_img_path' are both empty ({hit[1]} row(s))",
         )
-    # null candidate entries mean "absent", like null scalars
-    return df.with_columns(pl.col(c).list.eval(pl.element().fill_null("")) for c in EVAL_LIST_COLUMNS)
 
 
-def read_eval_subset(root: str | os.PathLike, subset: str) -> pl.DataFrame:
+def read_eval_subset(
+    root: str | os.PathLike, subset: str, *, strict: bool = True, provenance: bool = False
+) -> pl.DataFrame:
     """Read and validate `<root>/<subset>/test-*.parquet` (MMEB-eval; [0] of each candidate list is GT).
 
     Returns `qry_text, qry_img_path` (String) and `tgt_text, tgt_img_path` (List[String]) with
-    nulls -> "". Raises ValueError naming file, row and field for: a missing column, candidate lists
-    of different lengths, an empty candidate list, a query with neither text nor image.
+    nulls -> "", plus `source_file, source_row` with `provenance`. Raises DataValidationError
+    (a ValueError) naming file and column for a missing or mistyped column; with `strict` also
+    naming the row and field for: candidate lists of different lengths, a null or empty candidate
+    list, a query with neither text nor image. `strict=False` leaves those row defects to
+    `validation.validate_eval` (which can quarantine them) and reads a null list as `[]`.
     """
-    return pl.concat([_read_eval_file(f) for f in _glob(root, subset, "test-*.parquet")], how="vertical")
+    files = _glob(root, subset, "test-*.parquet")
+    return pl.concat([_read_eval_file(f, strict, provenance) for f in files], how="vertical")
 
 
 def pair_id(subset: str, qry: str, qry_image_path: str, pos_text: str, pos_image_path: str) -> str:
@@ -179,40 +237,55 @@ def load_train(
     *,
     split: str = "original",
     max_per_subset: int | None = None,
+    provenance: bool = False,
+    dedup: bool = True,
 ) -> pl.DataFrame:
-    """All train subsets concatenated: `pair_id, subset, qry, qry_image_path, pos_text, pos_image_path`.
+    """All train subsets concatenated: `pair_id, subset, qry, qry_image_path, pos_text, pos_image_path`
+    (+ `source_file, source_row` with `provenance`).
 
-    `max_per_subset` caps each subset to its first rows (before de-duplication, like V1). Rows with a
-    pair_id seen before are dropped, keeping the first; order is otherwise preserved.
+    `max_per_subset` caps each subset to its first rows (before de-duplication, like V1). With `dedup`,
+    rows with a pair_id seen before are dropped, keeping the first; order is otherwise preserved.
+    `dedup=False` keeps them so `validation.validate_train` can report each duplicate's file and row.
     """
+    cols = LOAD_TRAIN_COLUMNS + (PROVENANCE_COLUMNS if provenance else [])
     frames: list[pl.DataFrame] = []
     for subset in subsets:
-        df = read_train_subset(root, subset, split=split, limit=max_per_subset).select(TRAIN_COLUMNS)
-        ids = [pair_id(subset, *r) for r in df.iter_rows()]
+        df = read_train_subset(root, subset, split=split, limit=max_per_subset, provenance=provenance)
+        ids = [pair_id(subset, *r) for r in df.select(TRAIN_COLUMNS).iter_rows()]
         frames.append(
             df.with_columns(
                 pl.Series("pair_id", ids, dtype=pl.String), pl.lit(subset, dtype=pl.String).alias("subset")
-            ).select(LOAD_TRAIN_COLUMNS)
+            ).select(cols)
         )
     if not frames:
-        return pl.DataFrame(schema={c: pl.String for c in LOAD_TRAIN_COLUMNS})
-    return pl.concat(frames, how="vertical").unique(subset=["pair_id"], keep="first", maintain_order=True)
+        return pl.DataFrame(schema={c: pl.String for c in LOAD_TRAIN_COLUMNS} | _prov_schema(provenance))
+    df = pl.concat(frames, how="vertical")
+    return df.unique(subset=["pair_id"], keep="first", maintain_order=True) if dedup else df
 
 
-def load_eval(root: str | os.PathLike, subsets: Sequence[str]) -> pl.DataFrame:
-    """All eval subsets concatenated: `subset, row, qry_text, qry_img_path, tgt_text, tgt_img_path`.
+def _prov_schema(provenance: bool) -> dict[str, pl.DataType]:
+    return dict(PROVENANCE_SCHEMA) if provenance else {}
 
-    `row` is the 0-based index of the row within its subset (across shards), in file order.
+
+def load_eval(
+    root: str | os.PathLike, subsets: Sequence[str], *, strict: bool = True, provenance: bool = False
+) -> pl.DataFrame:
+    """All eval subsets concatenated: `subset, row, qry_text, qry_img_path, tgt_text, tgt_img_path`
+    (+ `source_file, source_row` with `provenance`; `strict` as in `read_eval_subset`).
+
+    `row` is the 0-based index of the row within its subset (across shards), in file order;
+    `source_row` is the index inside its own parquet file.
     """
+    cols = LOAD_EVAL_COLUMNS + (PROVENANCE_COLUMNS if provenance else [])
     frames = [
-        read_eval_subset(root, s)
+        read_eval_subset(root, s, strict=strict, provenance=provenance)
         .with_row_index("row")
         .with_columns(pl.col("row").cast(pl.Int64), pl.lit(s, dtype=pl.String).alias("subset"))
-        .select(LOAD_EVAL_COLUMNS)
+        .select(cols)
         for s in subsets
     ]
     if not frames:
         schema = {"subset": pl.String, "row": pl.Int64, "qry_text": pl.String, "qry_img_path": pl.String}
         schema |= {c: pl.List(pl.String) for c in EVAL_LIST_COLUMNS}
-        return pl.DataFrame(schema=schema)
+        return pl.DataFrame(schema=schema | _prov_schema(provenance))
     return pl.concat(frames, how="vertical")

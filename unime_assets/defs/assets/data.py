@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 
 from unime_assets.data.mmeb import load_eval, load_train
+from unime_assets.data.validation import ValidationResult, validate_eval, validate_train
 from unime_assets.defs.assets._common import run_metadata
 from unime_assets.defs.partitions import (
     check_partition,
@@ -12,6 +13,7 @@ from unime_assets.defs.partitions import (
     train_partitions,
 )
 from unime_assets.defs.resources import MlflowResource, SettingsResource
+from unime_assets.io import write_parquet
 
 
 @dg.asset(group_name="data", kinds={"polars", "parquet"}, partitions_def=train_partitions,
@@ -22,16 +24,22 @@ def mmeb_train(context: dg.AssetExecutionContext, settings: SettingsResource, ml
     subset = context.partition_key
     check_partition(s, subset, "train")
     info = partition_metadata(s, subset, "train")
-    df = load_train(s.train_root, [subset], split=s.train_split, max_per_subset=s.max_per_subset)
-    if df.is_empty():
+    v = s.validation
+    raw = load_train(s.train_root, [subset], split=s.train_split, max_per_subset=s.max_per_subset, provenance=True,
+                     dedup=False)  # fmt: skip
+    if raw.is_empty():
         raise ValueError(f"no training rows read from {s.train_root}/{subset}")
+    res = validate_train(raw, s.train_image_root, policy=v.train_policy, check_images=v.check_images)
+    df = res.clean
     with mlflow.run(context) as run:
         run.set_tags({f"unime.{k}": v for k, v in info.items()})
         run.log_params({"train_root": s.train_root, "subset": subset, "split": s.train_split,
-                        "max_per_subset": s.max_per_subset})  # fmt: skip
-        run.log_metrics({"rows": df.height})
-    context.log.info(f"{subset}: {df.height} training pairs")
-    return dg.Output(df, metadata={"rows": df.height, **info, **run_metadata(run)})
+                        "max_per_subset": s.max_per_subset, **v.model_dump()})  # fmt: skip
+        meta = _validation_outputs(
+            context, run, res, s.asset_dir("quarantine") / "mmeb_train" / f"{subset}.parquet"
+        )
+    context.log.info(f"{subset}: {df.height} training pairs, {res.counts.get('quarantined', 0)} quarantined")
+    return dg.Output(df, metadata={"rows": df.height, **info, **meta, **run_metadata(run)})
 
 
 @dg.asset(group_name="data", kinds={"polars", "parquet"}, partitions_def=eval_partitions,
@@ -41,15 +49,33 @@ def mmeb_eval(context: dg.AssetExecutionContext, settings: SettingsResource, mlf
     subset = context.partition_key
     check_partition(s, subset, "eval")
     info = partition_metadata(s, subset, "eval")
-    df = load_eval(s.eval_root, [subset])
+    v = s.validation
+    res = validate_eval(load_eval(s.eval_root, [subset], strict=False, provenance=True), s.eval_image_root,
+                        policy=v.eval_policy, check_images=v.check_images)  # fmt: skip
+    df = res.clean
     mean_cands = float(df["tgt_text"].list.len().mean()) if df.height else 0.0
     with mlflow.run(context) as run:
         run.set_tags({f"unime.{k}": v for k, v in info.items()})
-        run.log_params({"eval_root": s.eval_root, "subset": subset})
-        run.log_metrics({"rows": df.height, "mean_candidates": mean_cands})
-    return dg.Output(
-        df, metadata={"rows": df.height, "mean_candidates": mean_cands, **info, **run_metadata(run)}
-    )
+        run.log_params({"eval_root": s.eval_root, "subset": subset, **v.model_dump()})
+        run.log_metrics({"mean_candidates": mean_cands})
+        meta = _validation_outputs(context, run, res, s.asset_dir("quarantine") / "mmeb_eval" / f"{subset}.parquet")
+    return dg.Output(df, metadata={"rows": df.height, "mean_candidates": mean_cands, **info, **meta,
+                                   **run_metadata(run)})  # fmt: skip
+
+
+def _validation_outputs(context: dg.AssetExecutionContext, run, res: ValidationResult, quarantine_path) -> dict:
+    """Counts to metadata and MLflow; quarantined rows to a side table (written atomically), or the
+    previous side table removed when this materialization found nothing."""
+    counts = res.counts
+    run.log_metrics({f"validation.{k}": c for k, c in counts.items()})
+    meta: dict = {f"validation/{k}": c for k, c in counts.items() if c}
+    if res.quarantine.height:
+        write_parquet(res.quarantine, quarantine_path)
+        meta["quarantine_table"] = dg.MetadataValue.path(str(quarantine_path))
+        context.log.warning(f"{res.quarantine.height} finding(s) quarantined to {quarantine_path}")
+    elif quarantine_path.exists():
+        quarantine_path.unlink()
+    return meta
 
 
 def concat_partitions(tables: dict[str, pl.DataFrame]) -> pl.DataFrame:

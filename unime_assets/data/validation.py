@@ -1,0 +1,483 @@
+"""Validation of MMEB train and eval tables after reading; every finding names file, row and field.
+
+Rules (a row breaking any of them is a finding; `reason` is the code in brackets):
+
+- both tables: the required columns exist with their types (else DataValidationError, whatever the
+  policy: a table without a column cannot be split row by row); a query has text or an image
+  [empty_query]; an exact repeat of an earlier row's query, query image and positive within the
+  same subset [duplicate] (the first occurrence stays clean; train tables compare `pair_id`, the
+  hash of exactly those fields that the pipeline keys on); image paths (`check_images`) that do
+  not exist [missing_image], are absolute or resolve outside the image root [image_outside_root],
+  or that PIL cannot decode [unreadable_image].
+- train: the positive has text or an image [empty_positive].
+- eval (candidate 0 is the ground truth): the row has candidates [no_candidates]; `tgt_text` and
+  `tgt_img_path` have equal lengths [length_mismatch]; "ground truth not at index 0" is detectable
+  in two ways: candidate 0 is empty, so the ground truth cannot be there [empty_ground_truth], or
+  candidate 0 is repeated later in the list, so the ground truth has a second position
+  [duplicate_ground_truth]; any other empty candidate [empty_candidate]. A GT stored at another
+  index among distinct candidates is not detectable from the data alone.
+
+"Text" is blank when it is empty or whitespace only; MMEB marks "no image" with "". Texts are never
+modified. An item with an image and blank text is fine: MMEB needs text or an image on each side.
+
+Provenance: `file` and `row` come from the readers' `source_file` / `source_row` columns (row =
+0-based row inside that parquet file; an eval table's own `row` column is the index within the
+subset); without them `file` is "<table>" and `row` the position in the table. `clean` drops them
+unless `keep_provenance`, so it matches the asset contracts. Typical use:
+
+    train = load_train(root, subsets, provenance=True, dedup=False)  # dedup here reports duplicates
+    res = validate_train(train, root, policy="quarantine", check_images="exists")
+    write_validated(res, out_path, quarantine_path)  # or: return res.clean, log res.counts
+
+    ev = load_eval(eval_root, subsets, provenance=True, strict=False)  # strict readers raise first
+    res = validate_eval(ev, eval_image_root, policy="fail")
+
+Images are checked once per unique path: "exists" resolves the path exactly like
+`images.resolve_image_path` (fallbacks, symlinks, escapes), with each folder resolved once and one
+lstat per file in the common case; "open" also decodes it (JPEGs at reduced scale, which still
+reads every byte, so truncation shows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from PIL import Image
+
+from unime_assets.data.errors import DataValidationError
+from unime_assets.data.images import resolve_image_path
+from unime_assets.data.mmeb import PROVENANCE_COLUMNS
+from unime_assets.io import atomic_path
+
+__all__ = [
+    "EVAL_REASONS",
+    "FINDINGS_SCHEMA",
+    "TRAIN_REASONS",
+    "DataValidationError",
+    "ValidationResult",
+    "validate_eval",
+    "validate_train",
+    "write_validated",
+]
+
+Policy = Literal["fail", "quarantine"]
+ImageCheck = Literal["none", "exists", "open"]
+
+TABLE_FILE = "<table>"
+IMAGE_REASONS = ("missing_image", "image_outside_root", "unreadable_image")
+TRAIN_REASONS = ("empty_query", "empty_positive", "duplicate", *IMAGE_REASONS)
+EVAL_REASONS = (
+    "empty_query",
+    "no_candidates",
+    "length_mismatch",
+    "empty_ground_truth",
+    "duplicate_ground_truth",
+    "empty_candidate",
+    "duplicate",
+    *IMAGE_REASONS,
+)
+# one row per finding; `index` is the row's position in the validated table
+FINDINGS_SCHEMA: dict[str, pl.DataType] = {
+    "file": pl.String(),
+    "row": pl.Int64(),
+    "field": pl.String(),
+    "reason": pl.String(),
+    "detail": pl.String(),
+    "subset": pl.String(),
+    "index": pl.Int64(),
+}
+_TRAIN_TYPES = {c: pl.String() for c in ("qry", "qry_image_path", "pos_text", "pos_image_path")}
+_EVAL_TYPES = {
+    "qry_text": pl.String(),
+    "qry_img_path": pl.String(),
+    "tgt_text": pl.List(pl.String()),
+    "tgt_img_path": pl.List(pl.String()),
+}
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """clean: the rows without findings; quarantine: one row per finding (FINDINGS_SCHEMA);
+    counts: rows, clean, quarantined, findings and one entry per reason code (0 included)."""
+
+    clean: pl.DataFrame
+    quarantine: pl.DataFrame
+    counts: dict[str, int]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _blank(col: str) -> pl.Expr:
+    return pl.col(col).fill_null("").str.strip_chars() == ""
+
+
+def _no_image(col: str) -> pl.Expr:
+    return pl.col(col).fill_null("") == ""
+
+
+def _as_expr(x: str | pl.Expr) -> pl.Expr:
+    return pl.lit(x, dtype=pl.String) if isinstance(x, str) else x
+
+
+def _findings(
+    t: pl.DataFrame, mask: pl.Expr, field: str | pl.Expr, reason: str, detail: str | pl.Expr
+) -> pl.DataFrame:
+    return t.filter(mask).select(
+        pl.col("_file").alias("file"),
+        pl.col("_row").alias("row"),
+        _as_expr(field).alias("field"),
+        pl.lit(reason, dtype=pl.String).alias("reason"),
+        _as_expr(detail).alias("detail"),
+        pl.col("_subset").alias("subset"),
+        pl.col("_index").alias("index"),
+    )
+
+
+def _check_columns(df: pl.DataFrame, types: dict[str, pl.DataType], what: str) -> None:
+    files = sorted(df["source_file"].unique().drop_nulls()) if "source_file" in df.columns else []
+    where = ", ".join(files[:3]) + (f" (+{len(files) - 3} more)" if len(files) > 3 else "") or TABLE_FILE
+    missing = [c for c in types if c not in df.columns]
+    if missing:
+        raise DataValidationError(
+            f"{what} validation: {where}: missing column(s) {missing}; the table has {df.columns}",
+            file=where,
+            field=",".join(missing),
+        )
+    for c, t in types.items():
+        if df.schema[c] != t:
+            raise DataValidationError(
+                f"{what} validation: {where}: field {c!r} must be {t}, got {df.schema[c]}",
+                file=where,
+                field=c,
+            )
+
+
+def _locate(df: pl.DataFrame) -> pl.DataFrame:
+    """`df` plus _index (position), _file, _row (provenance or position) and _subset."""
+    t = df.with_row_index("_index").with_columns(pl.col("_index").cast(pl.Int64))
+    has = set(df.columns)
+    return t.with_columns(
+        (pl.col("source_file") if "source_file" in has else pl.lit(TABLE_FILE))
+        .cast(pl.String)
+        .alias("_file"),
+        (pl.col("source_row") if "source_row" in has else pl.col("_index")).cast(pl.Int64).alias("_row"),
+        (pl.col("subset") if "subset" in has else pl.lit(None)).cast(pl.String).alias("_subset"),
+    )
+
+
+def _duplicates(
+    t: pl.DataFrame, keys: list[str | pl.Expr], what: str, key: str | None = None
+) -> pl.DataFrame:
+    """Rows repeating an earlier row's `keys`; `key` (one column that hashes them) makes it cheaper."""
+    cols = [key] if key else [f"_k{i}" for i in range(len(keys))]
+    if not key:
+        t = t.with_columns(
+            *((pl.col(e) if isinstance(e, str) else e).alias(c) for c, e in zip(cols, keys, strict=True))
+        )
+    k = t.with_columns(  # the first occurrence is looked up before _findings filters the rows
+        pl.format(
+            "same {} as row {} of {}",
+            pl.lit(what),
+            pl.col("_row").first().over(cols),
+            pl.col("_file").first().over(cols),
+        ).alias("_dup_detail")
+    )
+    first = pl.col(key).is_first_distinct() if key else pl.struct(cols).is_first_distinct()
+    return _findings(k, ~first, ",".join(_key_names(keys)), "duplicate", pl.col("_dup_detail"))
+
+
+def _key_names(keys: list[str | pl.Expr]) -> list[str]:
+    names = [k if isinstance(k, str) else k.meta.output_name() for k in keys]
+    return [n for n in names if n != "_subset"]  # the subset is where, not what, is duplicated
+
+
+def _decode(path: Path) -> None:
+    with Image.open(path) as im:
+        im.draft("RGB", (64, 64))  # JPEG only: decode at 1/8 scale, still reads the whole stream
+        im.load()
+
+
+class _Resolver:
+    """`resolve_image_path` with its common case made cheap, same answers.
+
+    The common case: `root/rel` is a regular file (not a symlink) whose folder, resolved, is inside
+    the resolved root; then it is the path resolve_image_path returns. Folders are resolved once
+    each (MMEB keeps thousands of images per folder); every other case goes to resolve_image_path.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = root
+        self.root_res = Path(root).resolve()
+        self.dirs: dict[str, Path | None] = {}
+
+    def _dir(self, parent: str) -> Path | None:
+        if parent not in self.dirs:
+            d = Path(parent).resolve()
+            self.dirs[parent] = d if d.is_relative_to(self.root_res) and d.is_dir() else None
+        return self.dirs[parent]
+
+    def __call__(self, rel: str) -> Path:
+        if not os.path.isabs(rel):
+            parent, name = os.path.split(os.path.join(self.root, rel))
+            d = self._dir(parent) if name not in ("", ".", "..") else None
+            if d is not None:
+                with contextlib.suppress(OSError):
+                    if stat.S_ISREG(os.lstat(d / name).st_mode):
+                        return d / name
+        return resolve_image_path(self.root, rel)
+
+
+def _image_problems(paths: pl.Series, root: str | os.PathLike, mode: ImageCheck) -> pl.DataFrame:
+    """One row (path, reason, detail) per unique non-empty path that fails the `mode` check."""
+    resolve = _Resolver(root)
+    out: dict[str, list[str]] = {"path": [], "reason": [], "detail": []}
+    for rel in paths.drop_nulls().unique().to_list():
+        if rel == "":
+            continue
+        reason, detail = "", ""
+        try:
+            resolved = resolve(rel)
+            if mode == "open":
+                _decode(resolved)
+        except FileNotFoundError as e:
+            reason, detail = "missing_image", str(e)
+        except ValueError as e:  # absolute, or resolves outside the root
+            reason, detail = "image_outside_root", str(e)
+        except Exception as e:  # any decoder failure means training would crash on this image
+            reason, detail = "unreadable_image", f"PIL cannot decode {rel!r}: {type(e).__name__}: {e}"
+        if reason:
+            out["path"].append(rel)
+            out["reason"].append(reason)
+            out["detail"].append(detail)
+    return pl.DataFrame(out, schema={"path": pl.String, "reason": pl.String, "detail": pl.String})
+
+
+def _image_findings(t: pl.DataFrame, col: str, bad: pl.DataFrame, field: str | pl.Expr) -> pl.DataFrame:
+    hit = t.join(bad.rename({"reason": "_reason", "detail": "_detail"}), left_on=col, right_on="path")
+    frames = [
+        _findings(hit, pl.col("_reason") == r, field, r, pl.col("_detail"))
+        for r in hit["_reason"].unique().sort().to_list()
+    ]
+    return pl.concat(frames) if frames else _empty_findings()
+
+
+def _empty_findings() -> pl.DataFrame:
+    return pl.DataFrame(schema=FINDINGS_SCHEMA)
+
+
+def _finish(
+    df: pl.DataFrame,
+    frames: list[pl.DataFrame],
+    reasons: tuple[str, ...],
+    what: str,
+    policy: Policy,
+    keep_provenance: bool,
+) -> ValidationResult:
+    if policy not in ("fail", "quarantine"):
+        raise ValueError(f"policy must be 'fail' or 'quarantine', got {policy!r}")
+    findings = pl.concat([_empty_findings(), *frames]).sort("index", maintain_order=True)
+    bad = findings["index"].unique()
+    by_reason = dict(findings.group_by("reason").len().iter_rows())
+    counts = {
+        "rows": df.height,
+        "clean": df.height - bad.len(),
+        "quarantined": bad.len(),
+        "findings": findings.height,
+        **{r: int(by_reason.get(r, 0)) for r in reasons},
+    }
+    if findings.height and policy == "fail":
+        f = findings.row(0, named=True)
+        raise DataValidationError(
+            f"{what} validation: {f['file']}: row {f['row']}: field {f['field']!r}: [{f['reason']}] {f['detail']} "
+            f"({findings.height} finding(s) in {bad.len()} row(s) in total; policy 'quarantine' sets them aside)",
+            file=f["file"],
+            row=f["row"],
+            field=f["field"],
+            count=findings.height,
+            findings=findings,
+        )
+    clean = df.with_row_index("_index").filter(~pl.col("_index").is_in(bad.implode())).drop("_index")
+    if not keep_provenance:
+        clean = clean.drop(PROVENANCE_COLUMNS, strict=False)
+    return ValidationResult(clean, findings, counts)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def validate_train(
+    df: pl.DataFrame,
+    image_root: str | os.PathLike | None,
+    *,
+    policy: Policy = "fail",
+    check_images: ImageCheck = "exists",
+    keep_provenance: bool = False,
+) -> ValidationResult:
+    """Validate an MMEB-train table (`read_train_subset` / `load_train` output; see the module docstring).
+
+    policy "fail" raises DataValidationError naming file, row and field of the first finding and the
+    total count; "quarantine" returns the clean rows and the findings. `image_root` is the MMEB-train
+    root (may be None only with check_images="none").
+    """
+    _check_columns(df, _TRAIN_TYPES, "MMEB-train")
+    t = _locate(df)
+    frames = [
+        _findings(
+            t,
+            _blank("qry") & _no_image("qry_image_path"),
+            "qry,qry_image_path",
+            "empty_query",
+            "the query has neither text ('qry' is blank) nor an image ('qry_image_path' is empty)",
+        ),
+        _findings(
+            t,
+            _blank("pos_text") & _no_image("pos_image_path"),
+            "pos_text,pos_image_path",
+            "empty_positive",
+            "the positive has neither text ('pos_text' is blank) nor an image ('pos_image_path' is empty)",
+        ),
+        # pair_id is the stable hash of exactly these fields, and the key the pipeline dedups on
+        _duplicates(
+            t,
+            ["_subset", *_TRAIN_TYPES],
+            "query, query image and positive",
+            key="pair_id" if df.schema.get("pair_id") == pl.String else None,
+        ),
+    ]
+    if check_images != "none":
+        bad = _image_problems(
+            pl.concat([t["qry_image_path"], t["pos_image_path"]]), _root(image_root), check_images
+        )
+        frames += [_image_findings(t, c, bad, c) for c in ("qry_image_path", "pos_image_path")]
+    return _finish(df, frames, TRAIN_REASONS, "MMEB-train", policy, keep_provenance)
+
+
+def _root(image_root: str | os.PathLike | None) -> str | os.PathLike:
+    if image_root is None:
+        raise ValueError("image_root is required unless check_images='none'")
+    return image_root
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def validate_eval(
+    df: pl.DataFrame,
+    image_root: str | os.PathLike | None,
+    *,
+    policy: Policy = "fail",
+    check_images: ImageCheck = "exists",
+    keep_provenance: bool = False,
+) -> ValidationResult:
+    """Validate an MMEB-eval table (`load_eval(..., strict=False)` output; see the module docstring).
+
+    Quarantining eval rows changes a subset's denominator, so published numbers stop being
+    comparable; "fail" is the safer policy for eval. `image_root` is the eval image root.
+    """
+    _check_columns(df, _EVAL_TYPES, "MMEB-eval")
+    t = _locate(df)
+    n_text = pl.col("tgt_text").list.len().fill_null(0)
+    n_img = pl.col("tgt_img_path").list.len().fill_null(0)
+    frames = [
+        _findings(
+            t,
+            _blank("qry_text") & _no_image("qry_img_path"),
+            "qry_text,qry_img_path",
+            "empty_query",
+            "the query has neither text ('qry_text' is blank) nor an image ('qry_img_path' is empty)",
+        ),
+        _findings(t, n_text == 0, "tgt_text", "no_candidates", "the candidate list is null or empty"),
+        _findings(
+            t,
+            (n_text != n_img) & (n_text > 0),
+            "tgt_img_path",
+            "length_mismatch",
+            pl.format("'tgt_img_path' has {} candidates but 'tgt_text' has {}", n_img, n_text),
+        ),
+        _duplicates(
+            t,
+            [
+                "_subset",
+                "qry_text",
+                "qry_img_path",
+                pl.col("tgt_text").list.first().alias("tgt_text[0]"),
+                pl.col("tgt_img_path").list.first().alias("tgt_img_path[0]"),
+            ],
+            "query, query image and ground truth",
+        ),
+    ]
+    ex = (
+        t.filter((n_text == n_img) & (n_text > 0))
+        .select("_index", "_file", "_row", "_subset", "tgt_text", "tgt_img_path")
+        .explode(["tgt_text", "tgt_img_path"])
+        .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("_index").alias("_pos"))
+    )
+    empty = _blank("tgt_text") & _no_image("tgt_img_path")
+    at = pl.format("tgt_text[{}],tgt_img_path[{}]", pl.col("_pos"), pl.col("_pos"))
+    is_gt = (pl.col("tgt_text") == pl.col("tgt_text").first().over("_index")) & (
+        pl.col("tgt_img_path") == pl.col("tgt_img_path").first().over("_index")
+    )
+    frames += [
+        _findings(
+            ex,
+            empty & (pl.col("_pos") == 0),
+            at,
+            "empty_ground_truth",
+            "candidate 0 (the ground truth) has neither text nor an image",
+        ),
+        _findings(
+            ex,
+            (pl.col("_pos") > 0) & is_gt,
+            at,
+            "duplicate_ground_truth",
+            pl.format("candidate {} repeats candidate 0 (the ground truth) exactly", pl.col("_pos")),
+        ),
+        _findings(
+            ex,
+            empty & (pl.col("_pos") > 0) & ~is_gt,
+            at,
+            "empty_candidate",
+            pl.format("candidate {} has neither text nor an image", pl.col("_pos")),
+        ),
+    ]
+    if check_images != "none":
+        bad = _image_problems(
+            pl.concat([t["qry_img_path"], ex["tgt_img_path"]]), _root(image_root), check_images
+        )
+        frames += [
+            _image_findings(t, "qry_img_path", bad, "qry_img_path"),
+            _image_findings(ex, "tgt_img_path", bad, pl.format("tgt_img_path[{}]", pl.col("_pos"))),
+        ]
+    return _finish(df, frames, EVAL_REASONS, "MMEB-eval", policy, keep_provenance)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_validated(
+    result: ValidationResult, out_path: str | os.PathLike, quarantine_path: str | os.PathLike | None = None
+) -> None:
+    """Write `result.clean` to `out_path` and `result.quarantine` to `quarantine_path` (parquet).
+
+    Both go to temporary files first and are renamed into place only when both are complete, so a
+    failure leaves neither new file (and any previous ones intact). Quarantined rows without a
+    `quarantine_path` are refused: rows would vanish without a record.
+    """
+    if quarantine_path is None and result.quarantine.height:
+        raise ValueError(
+            f"{result.counts['quarantined']} quarantined row(s) but no quarantine_path: refusing to drop "
+            f"rows from {out_path} without recording them"
+        )
+    with contextlib.ExitStack() as stack:
+        tmp_out = stack.enter_context(atomic_path(out_path))
+        tmp_q = stack.enter_context(atomic_path(quarantine_path)) if quarantine_path is not None else None
+        result.clean.write_parquet(tmp_out)
+        if tmp_q is not None:
+            result.quarantine.write_parquet(tmp_q)
