@@ -33,23 +33,60 @@ class LoraConfig(Strict):
     alpha: int = 64
     dropout: float = 0.1
     use_dora: bool = True
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"])
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
+    )
 
 
 class RetrievalSettings(Strict):
-    top_k: int = 50
-    batch_size: int = 64
+    top_k: int = Field(50, ge=1)
+    batch_size: int = Field(64, ge=1)
+    # FAISS: exact inner product by default; ivf / hnsw are approximate, for pools of millions.
+    index_kind: Literal["flat", "ivf", "hnsw"] = "flat"
+    nlist: int | None = Field(None, ge=1)  # IVF lists; None: ~4·sqrt(pool size)
+    nprobe: int = Field(32, ge=1)  # IVF lists searched per query
+    hnsw_m: int = Field(32, ge=2)
+    ef_construction: int = Field(200, ge=1)
+    ef_search: int = Field(128, ge=1)
+    use_gpu: bool | None = None  # None: GPU FAISS whenever faiss sees a GPU (HNSW stays on the CPU)
+    search_chunk: int = Field(4096, ge=1)  # queries per FAISS search: bounds peak memory
 
 
 class JudgeSettings(Strict):
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1)  # candidate suffixes (or pairs without prefix sharing) per forward pass
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU only, optional install, see judging_vllm.py
+    share_prefix: bool = True  # hf: one KV-cached prefix pass per query, each image encoded once
+    shard_queries: int = Field(1000, ge=1)  # queries per resumable shard
+    image_cache_mb: int = Field(2048, ge=0)  # hf: vision-tower features kept per image path (LRU)
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_max_model_len: int | None = None
+    vllm_max_num_seqs: int | None = None
+
+    def vllm_options(self) -> dict:
+        """Keyword arguments for judging_vllm.VllmJudge (None values left to vLLM's defaults)."""
+        opts = {"gpu_memory_utilization": self.vllm_gpu_memory_utilization,
+                "tensor_parallel_size": self.vllm_tensor_parallel_size,
+                "max_model_len": self.vllm_max_model_len, "max_num_seqs": self.vllm_max_num_seqs}  # fmt: skip
+        return {k: v for k, v in opts.items() if v is not None}
 
 
 class MiningSettings(Strict):
-    strategy: Literal["unime_v2"] = "unime_v2"
-    beta: float = 0.01
-    step: int = 5
-    n_negatives: int = 10
+    """Hard-negative strategy and its parameters (see unime_assets/mining.py for each rule and its source)."""
+
+    strategy: Literal[
+        "unime_v2", "topk_abs", "topk_margin_pos", "topk_perc_pos", "rank_window", "top", "random"
+    ] = "unime_v2"
+    # What the NV-Retriever rules (topk_*) compare; unime_v2 always filters on judge scores.
+    score_source: Literal["judge", "retriever"] = "judge"
+    beta: float = 0.01  # unime_v2: drop judge score > positive - beta
+    step: int = Field(5, ge=1)  # unime_v2: every step-th survivor
+    n_negatives: int = Field(10, ge=1)
+    tau: float = 0.7  # topk_abs: keep score < tau
+    margin: float = 0.05  # topk_margin_pos: keep score < positive - margin
+    perc: float = Field(0.95, gt=0, le=1)  # topk_perc_pos: keep score < perc * positive
+    window_start: int = Field(30, ge=0)  # rank_window: B3 skips ranks < 30 ...
+    window_size: int = Field(100, ge=1)  # ... and uses the next 100
     seed: int = 0
 
 
@@ -97,6 +134,34 @@ class RerankerSettings(TrainSettings):
     )  # fmt: skip
 
 
+class ValidationSettings(Strict):
+    """What happens to bad input rows (see data/validation.py): fail the materialization naming the
+    file/row/field, or quarantine them into a side table. Quarantining eval rows changes a subset's
+    denominator, hence `fail` by default there."""
+
+    train_policy: Literal["fail", "quarantine"] = "quarantine"
+    eval_policy: Literal["fail", "quarantine"] = "fail"
+    check_images: Literal["none", "exists", "open"] = "exists"
+
+
+class TrainingDataSettings(Strict):
+    """Where the embedder and reranker get negatives and judge scores: this pipeline's
+    `mined_negatives`, or an official UniME-V2 score file (stages 1-3 skipped)."""
+
+    source: Literal["mined", "official"] = "mined"
+    official_scores_file: Path | None = None  # e.g. train_data_Qwen25VL_7B_scores.json
+    # Official records carry no subset; it is read from `images/<Subset>/...`, else this name.
+    official_default_subset: str | None = None
+
+    @model_validator(mode="after")
+    def _file_when_official(self) -> TrainingDataSettings:
+        if self.source == "official" and self.official_scores_file is None:
+            raise ValueError(
+                "training_data.official_scores_file is required when training_data.source is 'official'"
+            )
+        return self
+
+
 class EvalSettings(Strict):
     batch_size: int = 32
     image_size: int | None = 1344  # the published setting resizes every image to 1344x1344
@@ -127,6 +192,8 @@ class Settings(Strict):
     bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     reranker: RerankerSettings = Field(default_factory=RerankerSettings)
+    training_data: TrainingDataSettings = Field(default_factory=TrainingDataSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
 
     @model_validator(mode="after")
@@ -156,7 +223,11 @@ class Settings(Strict):
     # Checkpoint locations: bootstrapped models live under the artifacts root, real ones where configured.
     @property
     def retriever_path(self) -> Path:
-        return self.asset_dir("retriever_model") if self.bootstrap.enabled else _required(self.retriever, "retriever")
+        return (
+            self.asset_dir("retriever_model")
+            if self.bootstrap.enabled
+            else _required(self.retriever, "retriever")
+        )
 
     @property
     def judge_path(self) -> Path:
@@ -176,7 +247,11 @@ def _required(src: ModelSource, role: str) -> Path:
 def _deep_merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 

@@ -4,7 +4,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from unime_assets.defs.assets.data import mmeb_eval
+from unime_assets.defs.assets.data import mmeb_eval, mmeb_train
+from unime_assets.defs.assets.evaluation import mmeb_report
 from unime_assets.defs.assets.mining import candidate_pool, judge_scores, mined_negatives
 from unime_assets.defs.resources import SettingsResource
 
@@ -22,6 +23,18 @@ def eval_rows_well_formed(mmeb_eval: pl.DataFrame) -> dg.AssetCheckResult:
     n_text, n_img = mmeb_eval["tgt_text"].list.len(), mmeb_eval["tgt_img_path"].list.len()
     bad = int(((n_text != n_img) | (n_text == 0)).sum())
     return _result(bad, mmeb_eval.height, "len(tgt_text) == len(tgt_img_path) > 0")
+
+
+@dg.asset_check(asset=mmeb_train, blocking=True,
+                description="Stored rows are clean: unique pair_id, every query and positive has text or an image.")  # fmt: skip
+def train_rows_well_formed(mmeb_train: pl.DataFrame) -> dg.AssetCheckResult:
+    def empty(text: str, image: str) -> pl.Expr:
+        return (pl.col(text).str.strip_chars() == "") & (pl.col(image) == "")
+
+    dup = mmeb_train.height - mmeb_train["pair_id"].n_unique()
+    empty_rows = int(mmeb_train.select((empty("qry", "qry_image_path") | empty("pos_text", "pos_image_path")).sum()).item())
+    return _result(dup + empty_rows, mmeb_train.height, "unique pair_id; text or image on both sides",
+                   duplicates=dup, empty_sides=empty_rows)  # fmt: skip
 
 
 @dg.asset_check(asset=candidate_pool, blocking=True,
@@ -63,3 +76,20 @@ def mined_negatives_valid(mined_negatives: pl.DataFrame, candidate_pool: pl.Data
     return _result(wrong_k + bad_scores + is_pos, mined_negatives.height, f"k == {k}, 0 <= score <= 1, neg != pos",
                    wrong_k=wrong_k, scores_out_of_range=bad_scores, negative_is_positive=is_pos,
                    fallback_fraction=float(mined_negatives["fallback"].mean()))  # fmt: skip
+
+
+@dg.asset_check(asset=mmeb_report, description="Every model has exactly one Precision@1 in [0, 1] per evaluated "
+                "subset, and all models cover the same subsets with their catalog meta-task and split.")  # fmt: skip
+def mmeb_report_well_formed(mmeb_report: pl.DataFrame, settings: SettingsResource) -> dg.AssetCheckResult:
+    info = settings.get().eval_catalog
+    dup = mmeb_report.height - mmeb_report.select("subset", "model").n_unique()
+    bad_p = int((~mmeb_report["precision_at_1"].is_between(0.0, 1.0)).sum())
+    subsets_by_model = {m: set(g["subset"]) for (m,), g in mmeb_report.group_by("model")}
+    all_subsets = set(mmeb_report["subset"])
+    uneven = sum(int(v != all_subsets) for v in subsets_by_model.values())
+    wrong_info = sum(int(n not in info or (info[n].meta_task, info[n].split) != (t, sp))
+                     for n, t, sp in mmeb_report.select("subset", "meta_task", "split").unique().iter_rows())  # fmt: skip
+    return _result(dup + bad_p + uneven + wrong_info, mmeb_report.height,
+                   "one P@1 in [0, 1] per (subset, model); same subsets for every model; catalog meta-task/split",
+                   duplicates=dup, out_of_range=bad_p, models_missing_subsets=uneven, wrong_meta=wrong_info,
+                   models=len(subsets_by_model), subsets=len(all_subsets))  # fmt: skip

@@ -27,7 +27,9 @@ def candidate_index(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
                         **upstream_run_ids(context, ["retriever_model"])})  # fmt: skip
         res = build_candidate_index(train, str(s.retriever_path), str(s.train_image_root),
                                     s.asset_dir("candidate_index"), cache_dir=s.asset_dir("embedding_cache"),
-                                    index_kind=r.index_kind, batch_size=r.batch_size)  # fmt: skip
+                                    index_kind=r.index_kind, batch_size=r.batch_size, use_gpu=r.use_gpu,
+                                    nlist=r.nlist, nprobe=r.nprobe, hnsw_m=r.hnsw_m,
+                                    ef_construction=r.ef_construction, ef_search=r.ef_search)  # fmt: skip
         stats = {"pool_size": res.candidates.height, "subsets": len(mmeb_train), **res.stats}
         run.log_metrics({k: v for k, v in stats.items() if isinstance(v, int | float)})
     context.log.info(f"candidate index: {stats}")
@@ -43,13 +45,15 @@ def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, 
     from unime_assets.retrieval import search_candidate_pool
 
     s = settings.get()
+    r = s.retrieval
     check_partition(s, context.partition_key, "train")
     with mlflow.run(context) as run:
         run.log_params({"retriever": s.retriever_path, "top_k": s.retrieval.top_k, "delta": "positive similarity",
                         **upstream_run_ids(context, ["candidate_index"])})  # fmt: skip
         pool, stats = search_candidate_pool(mmeb_train, s.asset_dir("candidate_index"), str(s.retriever_path),
                                             str(s.train_image_root), cache_dir=s.asset_dir("embedding_cache"),
-                                            top_k=s.retrieval.top_k, batch_size=s.retrieval.batch_size)  # fmt: skip
+                                            top_k=r.top_k, batch_size=r.batch_size, chunk=r.search_chunk,
+                                            use_gpu=r.use_gpu, nprobe=r.nprobe, ef_search=r.ef_search)  # fmt: skip
         n_kept = pool["cand_ids"].list.len()
         stats = {**stats, "queries": pool.height, "mean_candidates": float(n_kept.mean()),
                  "min_candidates": int(n_kept.min()), "mean_pos_sim": float(pool["pos_sim"].mean())}  # fmt: skip
@@ -146,9 +150,14 @@ def training_set(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Dat
     out_dir = s.asset_dir("training_set")
     with mlflow.run(context) as run:
         if src.source == "official":
-            imported = unime_scores.to_pipeline_tables(unime_scores.read(src.official_scores_file))
-            df = build_training_set(imported.train, imported.candidates, imported.judge, imported.mined)
-            run.log_params({"source": "official", "file": src.official_scores_file})
+            imported = unime_scores.to_pipeline_tables(unime_scores.read(src.official_scores_file),
+                                                       default_subset=src.official_default_subset,
+                                                       source=str(src.official_scores_file))  # fmt: skip
+            df = build_training_set(
+                imported.train, imported.candidates, imported.judge_scores, imported.mined
+            )
+            run.log_params({"source": "official", "file": src.official_scores_file,
+                            "duplicates_dropped": imported.n_duplicates})  # fmt: skip
         else:
             if not mined_negatives:
                 raise ValueError(
