@@ -140,3 +140,131 @@ def test_rerank_order() -> None:
     assert rerank_order(embed, parse_listwise_answer("Ans: (2)", len(embed))) == [3, 7, 9, 1]
     with pytest.raises(ValueError):
         rerank_order(embed, 4)
+
+
+# --- published numbers: the aggregate arithmetic reproduces what the papers print --------------------
+
+
+def test_published_per_dataset_columns_reproduce_their_aggregates() -> None:
+    from unime_assets.published import PUBLISHED, published_for
+
+    by_label = {p.label: p for p in PUBLISHED}
+    # VLM2Vec V2-code re-evaluations (mmeb.md §4.1 rows "V2-code re-eval"): every aggregate to 0.05.
+    for label, expected in {
+        "VLM2Vec Qwen2-VL-2B": (58.6, 49.2, 65.0, 73.0, 64.8, 53.4, 59.7),
+        "VLM2Vec Qwen2-VL-7B": (62.8, 56.5, 69.4, 81.9, 71.3, 57.9, 65.4),
+        "VLM2Vec LLaVA-1.6 high-res": (61.2, 49.9, 67.4, 86.1, 67.5, 57.1, 62.9),
+    }.items():
+        agg = aggregate_mmeb(by_label[label].per_dataset)
+        for key, value in zip(AGGREGATE_KEYS, expected, strict=True):
+            assert agg[key] == pytest.approx(value, abs=0.051), (label, key)
+    # UniME-V2 LLaVA-OV (Supp. Table 11): IND / OOD / overall as published in Table 1 (to OCR rounding).
+    ov = by_label["UniME-V2 LLaVA-OV-7B"]
+    agg = aggregate_mmeb(ov.per_dataset)
+    for key in ("ind", "ood", "overall"):
+        assert agg[key] == pytest.approx(ov.aggregates[key], abs=0.1), key
+    assert agg["overall"] == pytest.approx((20 * agg["ind"] + 16 * agg["ood"]) / 36)
+    # The published overall is the 36-dataset mean, not the mean of the four meta-task means.
+    for p in PUBLISHED:
+        if len(p.aggregates) == len(AGGREGATE_KEYS):
+            a = p.aggregates
+            assert (20 * a["ind"] + 16 * a["ood"]) / 36 == pytest.approx(a["overall"], abs=0.1), p.label
+            meta = (10 * a["classification"] + 10 * a["vqa"] + 12 * a["retrieval"] + 4 * a["grounding"]) / 36
+            assert meta == pytest.approx(a["overall"], abs=0.1), p.label
+    assert published_for(["SynColor", "SynHue"]) == [] and published_for(["ImageNet-1K"]) == list(PUBLISHED)
+
+
+# --- reranking order helpers ---------------------------------------------------------------------------
+
+
+def test_top_k_order_is_stable_so_a_tied_gt_stays_first() -> None:
+    from unime_assets.evaluation import top_k_order
+
+    assert top_k_order(np.array([0.5, 0.9, 0.5, 0.1]), 3) == [1, 0, 2]
+    assert top_k_order(np.array([0.7, 0.7, 0.7]), 2) == [0, 1]
+    assert top_k_order(np.array([0.2, np.nan, 0.3]), 3) == [2, 0, 1]  # NaN last
+    with pytest.raises(ValueError):
+        top_k_order(np.array([1.0]), 0)
+
+
+def test_pairwise_order_by_yes_probability_ties_keep_embedder_order() -> None:
+    from unime_assets.evaluation import pairwise_order
+
+    assert pairwise_order([4, 0, 7], [0.2, 0.9, 0.5]) == [0, 7, 4]
+    assert pairwise_order([4, 0, 7], [0.5, 0.5, 0.5]) == [4, 0, 7]
+    assert pairwise_order([4, 0, 7], [np.nan, 0.1, 0.1]) == [0, 7, 4]
+    with pytest.raises(ValueError):
+        pairwise_order([1, 2], [0.1])
+
+
+# --- zero-shot metrics ---------------------------------------------------------------------------------
+
+
+def _naive_recall(img: np.ndarray, txt: np.ndarray, owner: list[int], k: int) -> tuple[float, float]:
+    img = img / np.linalg.norm(img, axis=1, keepdims=True)
+    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    t2i = np.mean([owner[j] in np.argsort(-(img @ txt[j]), kind="stable")[:k] for j in range(len(txt))])
+    i2t = np.mean(
+        [any(owner[j] == i for j in np.argsort(-(txt @ img[i]), kind="stable")[:k]) for i in range(len(img))]
+    )
+    return float(t2i), float(i2t)
+
+
+def test_retrieval_recall_matches_a_naive_reference_and_labels_directions() -> None:
+    from unime_assets.evaluation import retrieval_recall
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(12, 8))
+    owner = [i for i in range(12) for _ in range(3)]  # 3 captions per image
+    txt = img[owner] + 1.5 * rng.normal(size=(36, 8))
+    out = retrieval_recall(img, txt, owner, ks=(1, 3, 5), chunk=5)
+    for k in (1, 3, 5):
+        t2i, i2t = _naive_recall(img, txt, owner, k)
+        assert out[f"t2i_r@{k}"] == pytest.approx(t2i) and out[f"i2t_r@{k}"] == pytest.approx(i2t)
+    # Directions are not interchangeable: captions that all point at image 0 make t2i easy for them only.
+    img2 = np.eye(3)
+    txt2 = np.array([[1.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0]])
+    r = retrieval_recall(img2, txt2, [0, 1, 2], ks=(1,))
+    assert r["t2i_r@1"] == pytest.approx(1 / 3)  # only caption 0 finds its image
+    assert r["i2t_r@1"] == pytest.approx(
+        1.0
+    )  # ties go to the ground truth: every image has a GT caption on top
+    with pytest.raises(ValueError):
+        retrieval_recall(img2, txt2, [0, 0, 0])  # images 1 and 2 have no caption
+
+
+def test_composition_accuracy_is_strict() -> None:
+    from unime_assets.evaluation import composition_accuracy
+
+    assert composition_accuracy([0.9, 0.5, 0.2], [0.1, 0.5, 0.3]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        composition_accuracy([], [])
+
+
+# --- report rendering ------------------------------------------------------------------------------------
+
+
+def test_report_table_and_markdown() -> None:
+    from unime_assets.published import published_for
+    from unime_assets.reporting import aggregate_markdown, per_dataset_markdown, report_table
+
+    per_model = {
+        "embedder": {"ImageNet-1K": 0.5, "GQA": 0.25, "MSCOCO": 1.0},
+        "embedder + reranker (top-10 listwise)": {"ImageNet-1K": 0.75, "GQA": 0.25, "MSCOCO": 0.5},
+    }
+    table = report_table(per_model, OFFICIAL_EVAL)
+    assert table.columns == ["subset", "meta_task", "split", "model", "precision_at_1"]
+    assert table.height == 6 and set(table["split"]) == {"IND", "OOD"}
+    pubs = published_for(list(per_model["embedder"]))
+    md = per_dataset_markdown(per_model, OFFICIAL_EVAL, pubs)
+    assert (
+        "UniME-V2 LLaVA-OV-7B (published)" in md
+        and "| ImageNet-1K | classification | IND | 50.0 | 75.0 | " in md
+    )
+    agg = aggregate_markdown(per_model, OFFICIAL_EVAL, pubs, n_configured=36)
+    assert "| embedder | 50.0 | 25.0 | – | 100.0 | 75.0 | 25.0 | 58.3 | 3 of 36 |" in agg
+    assert "UniME-V2 Qwen2-VL-2B (published) | 62.1 |" in agg
+    # partial evaluation: the published per-dataset numbers averaged over the same 3 datasets
+    assert "UniME-V2 LLaVA-OV-7B (published, same 3 datasets) | 78.8 | 69.5 | – | 78.2 |" in agg
+    synth = per_dataset_markdown({"embedder": {"SynColor": 0.5}}, SYNTHETIC_EVAL, published_for(["SynColor"]))
+    assert "published" not in synth

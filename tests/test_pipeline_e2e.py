@@ -25,7 +25,7 @@ def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, set
     summary = subprocess.run([*cli, "summary"], env=env, capture_output=True, text=True, timeout=300)
     assert summary.returncode == 0, summary.stdout + summary.stderr
 
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(tmp_path / "dg"))) as instance:
+    with dg.DagsterInstance.from_config(str(tmp_path / "dg")) as instance:
         for name in ASSETS:
             event = instance.get_latest_materialization_event(dg.AssetKey(name))
             assert event is not None, name

@@ -5,43 +5,127 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+from scipy.stats import chisquare
+
 from unime_assets.models.encoding import ImageLoader, Item
 from unime_assets.models.processors import load_processor
-from unime_assets.reranking import N_LISTWISE, listwise_answer, reranker_examples, sft_batch
+from unime_assets.reranking import (
+    N_LISTWISE,
+    MaxPixels,
+    listwise_answer,
+    reranker_examples,
+    sft_batch,
+)
 
 
 def _texts(messages):
     return [p["text"] for p in messages[0]["content"] if p["type"] == "text"]
 
 
+def _slot(answer: str) -> int:
+    return int(answer.removeprefix("Ans: (").removesuffix(")")) - 1
+
+
 def test_three_sequences_with_texts_and_answers():
     q, pos = Item("What color is the circle?\n"), Item("red")
-    negs = [Item(c) for c in ["blue", "green", "white", "cyan", "pink", "orange"]]
-    ex = reranker_examples(q, pos, negs, random.Random(0))
+    names = ["blue", "green", "white", "cyan", "pink", "orange"]
+    ex = reranker_examples(q, pos, [Item(c) for c in names], random.Random(0))
     assert [e.kind for e in ex] == ["pair_pos", "pair_neg", "list"]
     assert [e.answer for e in ex[:2]] == ["Yes", "No"]
+    # The official code drops every text (key 'txt' vs 'text'); here query and candidate texts are there.
     assert "What color is the circle?\n" in _texts(ex[0].messages) and "red" in _texts(ex[0].messages)
-    assert "blue" in _texts(ex[1].messages)  # the first hard negative
+    assert "What color is the circle?\n" in _texts(ex[1].messages) and "blue" in _texts(ex[1].messages)
     listed = _texts(ex[2].messages)
-    slot = int(ex[2].answer.removeprefix("Ans: (").removesuffix(")")) - 1
-    cands = [t for t in listed if t in {"red", "blue", "green", "white", "cyan", "pink", "orange"}]
-    assert len(cands) == N_LISTWISE and cands[slot] == "red" and "orange" not in cands  # 5 negatives + positive
+    assert "What color is the circle?\n" in listed
+    cands = [t for t in listed if t in {"red", *names}]
+    slot = _slot(ex[2].answer)
+    assert len(cands) == N_LISTWISE and cands[slot] == "red"
+    # the first five hard negatives, in their stored order, around the positive
+    assert cands[:slot] + cands[slot + 1 :] == names[:5]
+    labels = [t for t in listed if t.startswith("(")]
+    assert labels == [f"({i}) " for i in range(1, N_LISTWISE + 1)]
+
+
+def test_images_listed_in_order_of_appearance():
+    q = Item("<|image_1|>\nFind it\n", "q.png")
+    pos, negs = Item("", "p.png"), [Item("", "n0.png"), Item("", "n1.png")]
+    ex = reranker_examples(q, pos, negs, random.Random(1))
+    assert ex[0].images == ["q.png", "p.png"] and ex[1].images == ["q.png", "n0.png"]
+    slot = _slot(ex[2].answer)
+    order = ["n0.png", "n1.png"]
+    assert ex[2].images == ["q.png", *order[:slot], "p.png", *order[slot:]]
+    with pytest.raises(ValueError):
+        reranker_examples(q, pos, [], random.Random(0))
+
+
+def _official_slot(rng: random.Random) -> int:
+    """The official draw (paper digest §7.2): n = randint(1, 4), ans = randint(1, n + 1), 1-based."""
+    n = rng.randint(1, 4)
+    return rng.randint(1, n + 1) - 1
 
 
 def test_positive_slot_is_uniform_over_all_positions():
+    draws = 6000
     rng = random.Random(0)
     negs = [Item(f"n{i}") for i in range(10)]
-    counts = Counter(reranker_examples(Item("q"), Item("p"), negs, rng)[2].answer for _ in range(6000))
-    assert set(counts) == {listwise_answer(i) for i in range(N_LISTWISE)}  # the last slot occurs too
-    assert all(abs(c / 6000 - 1 / 6) < 0.02 for c in counts.values())
+    counts = Counter(
+        _slot(reranker_examples(Item("q"), Item("p"), negs, rng)[2].answer) for _ in range(draws)
+    )
+    assert set(counts) == set(range(N_LISTWISE))  # the last slot occurs too
+    observed = [counts[i] for i in range(N_LISTWISE)]
+    assert chisquare(observed).pvalue > 1e-3  # consistent with uniform
+    # The same test rejects the official skewed draw: it can fail.
+    orng = random.Random(0)
+    off = Counter(_official_slot(orng) for _ in range(draws))
+    assert off[N_LISTWISE - 1] == 0
+    assert chisquare([off[i] for i in range(N_LISTWISE)]).pvalue < 1e-10
+    # Fewer negatives: uniform over the len(negatives) + 1 slots there are.
+    few = Counter(
+        _slot(reranker_examples(Item("q"), Item("p"), negs[:2], rng)[2].answer) for _ in range(3000)
+    )
+    assert set(few) == {0, 1, 2} and chisquare([few[i] for i in range(3)]).pvalue > 1e-3
+    assert listwise_answer(0) == "Ans: (1)" and listwise_answer(5) == "Ans: (6)"
 
 
-def test_labels_cover_only_the_assistant_answer(tiny_qwen25vl, settings):
-    proc = load_processor(tiny_qwen25vl)
-    ex = reranker_examples(Item("<|image_1|>\nWhat color is the circle?\n", "images/SynVQA/Train/SynVQA_image_0.png"),
-                           Item("red"), [Item("blue"), Item("green")], random.Random(3))  # fmt: skip
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_labels_cover_only_the_assistant_answer(tiny_qwen25vl, settings, padding_side):
+    proc = load_processor(tiny_qwen25vl, padding_side=padding_side)
+    ex = reranker_examples(
+        Item("<|image_1|>\nWhat color is the circle?\n", "images/SynVQA/Train/SynVQA_image_0.png"),
+        Item("red"),
+        [Item("blue"), Item("green")],
+        random.Random(3),
+    )
     batch = sft_batch(proc, ex, ImageLoader(settings.train_image_root))
     tok = proc.tokenizer
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    labels, ids, mask = batch["labels"], batch["input_ids"], batch["attention_mask"]
+    assert labels.shape == ids.shape
     for r, e in enumerate(ex):
-        supervised = batch["input_ids"][r][batch["labels"][r] != -100]
-        assert tok.decode(supervised) == e.answer + "<|im_end|>\n"
+        sup = labels[r] != -100
+        # Supervised: exactly the answer and its end-of-turn token, one contiguous span.
+        assert tok.decode(ids[r][sup]) == e.answer + "<|im_end|>"
+        pos = sup.nonzero().flatten()
+        assert int(pos[-1] - pos[0]) + 1 == len(pos)
+        assert int(ids[r][pos[-1]]) == im_end
+        assert (labels[r][sup] == ids[r][sup]).all()
+        # Never supervised: padding, image tokens, the prompt before the answer, the trailing newline.
+        assert (labels[r][mask[r] == 0] == -100).all()
+        image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
+        assert (labels[r][ids[r] == image_pad] == -100).all()
+        real = mask[r].nonzero().flatten()
+        assert int(pos[-1]) == int(real[-1]) - 1  # the template's "\n" after <|im_end|> is not learned
+        prompt_len = int(pos[0]) - int(real[0])
+        assert prompt_len > 10 and tok.decode(ids[r][int(pos[0]) - 2 : int(pos[0])]) == "assistant\n"
+
+
+def test_max_pixels_shrinks_large_images_keeping_aspect():
+    from PIL import Image
+
+    big = Image.new("RGB", (1344, 672))
+    wrapped = MaxPixels(lambda _: big, max_pixels=300 * 28 * 28)
+    out = wrapped("x")
+    assert out.size[0] * out.size[1] <= 300 * 28 * 28 and abs(out.size[0] / out.size[1] - 2.0) < 0.02
+    small = Image.new("RGB", (64, 64))
+    assert MaxPixels(lambda _: small)("x") is small

@@ -168,6 +168,19 @@ class EvalSettings(Strict):
     rerank: bool = True
     rerank_top_k: int = 10
     rerank_batch_size: int = 8
+    rerank_mode: Literal["listwise", "pairwise"] = "listwise"
+    rerank_max_pixels: int | None = 300 * 28 * 28  # the official reranker's image budget
+    rerank_max_new_tokens: int = 16
+    promote_min_gain: float = 0.0  # `champion` moves only when overall P@1 improves by more than this
+    zeroshot_roots: dict[str, str] = Field(default_factory=dict)  # set name -> local folder (data/zeroshot.py)
+
+    @model_validator(mode="after")
+    def _known_zeroshot_sets(self) -> EvalSettings:
+        from unime_assets.data.zeroshot import ZEROSHOT_SETS
+
+        if unknown := set(self.zeroshot_roots) - set(ZEROSHOT_SETS):
+            raise ValueError(f"evaluation.zeroshot_roots: unknown set(s) {sorted(unknown)}; known: {ZEROSHOT_SETS}")
+        return self
 
 
 class Settings(Strict):

@@ -1,6 +1,9 @@
-"""MMEB V1 evaluation maths (mmeb.md §3): per-row Precision@1, score aggregation, listwise reranking.
+"""Evaluation maths, framework-free (numpy only).
 
-Framework-free: numpy only. Scores are aggregated on whatever scale they come in (fractions or x100).
+MMEB V1 (mmeb.md §3): per-row Precision@1 with ties to the ground truth, aggregation per meta-task,
+IND, OOD and overall (the mean over datasets). Reranking: parsing listwise answers and reordering a
+top-k listwise or by pairwise P(Yes). Zero-shot sets (paper §8): Recall@k in both directions and
+SugarCrepe pairwise accuracy. Scores are aggregated on whatever scale they come in (fractions or x100).
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ __all__ = [
     "AGGREGATE_KEYS",
     "aggregate",
     "aggregate_mmeb",
+    "composition_accuracy",
+    "pairwise_order",
     "parse_listwise_answer",
     "precision_at_1",
     "rerank_order",
+    "retrieval_recall",
     "row_predictions",
+    "top_k_order",
 ]
 
 AGGREGATE_KEYS: tuple[str, ...] = (*META_TASKS, "ind", "ood", "overall")
@@ -132,3 +139,74 @@ def rerank_order(embed_order: Sequence[int], chosen: int | None) -> list[int]:
     if not 0 <= chosen < len(order):
         raise ValueError(f"chosen position {chosen} outside 0..{len(order) - 1}")
     return [order[chosen], *order[:chosen], *order[chosen + 1 :]]
+
+
+def top_k_order(scores: np.ndarray, k: int) -> list[int]:
+    """Candidate indices of the k best scores, best first; equal scores keep candidate order, so a
+    ground truth (index 0) tied with another candidate stays ahead of it, as with argmax."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    return np.argsort(-s, kind="stable")[:k].tolist()
+
+
+def pairwise_order(embed_order: Sequence[int], yes_probs: Sequence[float]) -> list[int]:
+    """Candidate order after pairwise reranking: descending reranker P(Yes), ties (and NaN, last)
+    keep the embedder's order. yes_probs[i] belongs to embed_order[i]."""
+    if len(embed_order) != len(yes_probs):
+        raise ValueError(f"{len(embed_order)} candidates but {len(yes_probs)} reranker scores")
+    p = np.asarray(yes_probs, dtype=np.float64)
+    p = np.where(np.isnan(p), -np.inf, p)
+    return [embed_order[i] for i in np.argsort(-p, kind="stable")]
+
+
+def _ranks_of_best(sims: np.ndarray, relevant: list[np.ndarray]) -> np.ndarray:
+    """Per row: how many columns score strictly above the row's best relevant column (0 = top)."""
+    best = np.array([row[rel].max() for row, rel in zip(sims, relevant, strict=True)])
+    return (sims > best[:, None]).sum(axis=1)
+
+
+def retrieval_recall(
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    text_image: Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    chunk: int = 1024,
+) -> dict[str, float]:
+    """Recall@k of image-caption retrieval by cosine, both directions, labelled by direction.
+
+    text_image[j] is the index of caption j's image (Flickr/COCO: 5 captions per image). Keys
+    "t2i_r@k" (each caption retrieves its image among all images) and "i2t_r@k" (an image is a hit
+    when any of its captions is in its top k among all captions). Ties go to the ground truth, as in
+    MMEB; computed in row chunks so memory stays chunk x n.
+    """
+    img = np.asarray(image_emb, dtype=np.float64)
+    txt = np.asarray(text_emb, dtype=np.float64)
+    owner = np.asarray(text_image, dtype=np.int64)
+    if len(owner) != len(txt):
+        raise ValueError(f"{len(txt)} captions but {len(owner)} caption->image indices")
+    if len(owner) and (owner.min() < 0 or owner.max() >= len(img)):
+        raise ValueError("caption->image index out of range")
+    captions_of = [np.flatnonzero(owner == i) for i in range(len(img))]
+    if any(len(c) == 0 for c in captions_of):
+        raise ValueError("every image needs at least one caption")
+    img, txt = _unit_rows(img), _unit_rows(txt)
+    t2i = np.concatenate([_ranks_of_best(txt[s : s + chunk] @ img.T, [owner[j : j + 1] for j in range(s, min(s + chunk, len(txt)))])
+                          for s in range(0, len(txt), chunk)])  # fmt: skip
+    i2t = np.concatenate([_ranks_of_best(img[s : s + chunk] @ txt.T, captions_of[s : s + chunk])
+                          for s in range(0, len(img), chunk)])  # fmt: skip
+    out = {}
+    for k in ks:
+        out[f"t2i_r@{k}"] = float(np.mean(t2i < k))
+        out[f"i2t_r@{k}"] = float(np.mean(i2t < k))
+    return out
+
+
+def composition_accuracy(pos_scores: Sequence[float], neg_scores: Sequence[float]) -> float:
+    """SugarCrepe: fraction of images whose positive caption scores strictly above the negative."""
+    p, n = np.asarray(pos_scores, dtype=np.float64), np.asarray(neg_scores, dtype=np.float64)
+    if p.shape != n.shape or p.size == 0:
+        raise ValueError(f"need equal, non-empty score arrays, got {p.shape} and {n.shape}")
+    return float(np.mean(p > n))

@@ -42,7 +42,11 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         key = context.upstream_output.asset_key if context.upstream_output else context.asset_key
         if context.has_asset_partitions and not context.has_partition_key:
             return self._load_partitions(context, key)
-        partition = context.asset_partition_key if context.has_asset_partitions else None
+        partition = None
+        if context.has_asset_partitions:
+            # An asset check on a partitioned asset sees all partition keys; its run's key is the one.
+            keys = context.asset_partition_keys
+            partition = keys[0] if len(keys) == 1 else context.partition_key
         path = self._path(key, partition)
         if not path.exists() and self._optional(context):
             return pl.DataFrame()

@@ -1,102 +1,287 @@
-"""Stage 6: MMEB Precision@1 per subset and aggregates, embedder alone and with the reranker."""
+"""Stage 6: MMEB Precision@1 per subset and aggregates, embedder alone and with the reranker, optional
+zero-shot sets, and the `champion` promotion of the evaluated embedder."""
 
 import dagster as dg
 import polars as pl
 
 from unime_assets import plots
-from unime_assets.defs.assets._common import markdown_table, run_metadata, upstream_run_ids
+from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
 from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.evaluation import AGGREGATE_KEYS as AGG_KEYS
 
+EMBEDDER_MODEL = "unime-v2-embedder"  # the registry name defs/assets/training.py registers under
+CHAMPION_CHECK = "champion_comparison"
+# Run tag naming the registered version to evaluate; the same string as defs/automation.py VERSION_TAG
+# (the `evaluate_new_embedder` sensor sets it).
+VERSION_TAG = "unime/embedder_version"
+
+
+def _slug(label: str) -> str:
+    return label.split(" (")[0].replace(" + ", "_plus_").replace(" ", "_")
+
+
+def _embedder_version(context: dg.AssetExecutionContext, tracking_uri: str) -> str | None:
+    """The registry version of the on-disk embedder checkpoint: the one the latest embedder_checkpoint
+    materialization registered, else the `candidate` alias."""
+    from unime_assets.promotion import CANDIDATE, alias_version
+
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("embedder_checkpoint"))
+    meta = event.asset_materialization.metadata if event is not None and event.asset_materialization else {}
+    if "model_version" in meta:
+        return str(meta["model_version"].value)
+    mv = alias_version(tracking_uri, EMBEDDER_MODEL, CANDIDATE)
+    return str(mv.version) if mv is not None else None
+
+
+def _embedder_under_test(context: dg.AssetExecutionContext, s, tracking_uri: str):
+    """(checkpoint path, registry version) of the embedder to evaluate: the version a run was launched
+    for (sensor tag), downloaded from the registry unless it is the checkpoint on disk; else the
+    checkpoint on disk and its version."""
+    from unime_assets.promotion import download_checkpoint
+
+    on_disk = s.asset_dir("embedder_checkpoint")
+    disk_version = _embedder_version(context, tracking_uri)
+    tagged = context.run.tags.get(VERSION_TAG)
+    if tagged and tagged != disk_version:
+        context.log.info(f"evaluating {EMBEDDER_MODEL} version {tagged} (run tag {VERSION_TAG})")
+        return download_checkpoint(
+            tracking_uri, EMBEDDER_MODEL, tagged, s.asset_dir("registry_models")
+        ), tagged
+    return on_disk, disk_version
+
 
 @dg.asset(group_name="evaluation", kinds={"polars", "mlflow"},
           deps=["retriever_model", "embedder_checkpoint", "reranker_checkpoint"],
+          check_specs=[dg.AssetCheckSpec(CHAMPION_CHECK, asset="mmeb_report",
+                                         description="The evaluated embedder against the registry's `champion` on "
+                                         "the same eval subsets; `champion` moves to it when it is strictly better "
+                                         "on a complete evaluation (never on a partial one).")],
           description="MMEB V1 protocol: per-row cosine ranking, P@1 (ties to the ground truth), means per "
-          "meta-task / IND / OOD / overall (mean over datasets); retriever and untrained base as baselines.")  # fmt: skip
+          "meta-task / IND / OOD / overall (mean over datasets) for the retriever, the untrained base, the "
+          "embedder and embedder + top-k reranking (listwise or pairwise); embeddings cached by model and "
+          "content; published numbers beside ours on the official subsets; optional zero-shot sets.")  # fmt: skip
 def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataFrame], settings: SettingsResource,
                 mlflow: MlflowResource):  # fmt: skip
     from unime_assets.evaluation import aggregate
-    from unime_assets.mmeb_runner import evaluate_model, rerank_subset
+    from unime_assets.io import write_parquet
+    from unime_assets.mmeb_runner import (
+        EncodeStats,
+        ModelHandle,
+        evaluate_model,
+        load_rerank,
+        rerank_cache_key,
+        rerank_subset,
+        save_rerank,
+        subset_fingerprint,
+    )
     from unime_assets.models.encoding import ImageLoader
-    from unime_assets.models.loading import load_model
+    from unime_assets.published import published_for
+    from unime_assets.reporting import (
+        aggregate_markdown,
+        per_dataset_markdown,
+        report_table,
+        sources_markdown,
+        zeroshot_markdown,
+        zeroshot_summary,
+        zeroshot_table,
+    )
+    from unime_assets.reranking import RERANK_MAX_PIXELS, MaxPixels
 
     s = settings.get()
     ev = s.evaluation
+    # Fields the lead adds to EvalSettings; defaults until then.
+    mode = getattr(ev, "rerank_mode", "listwise")
+    zeroshot_roots = dict(getattr(ev, "zeroshot_roots", None) or {})
+    max_pixels = getattr(ev, "rerank_max_pixels", RERANK_MAX_PIXELS)
+    max_new_tokens = getattr(ev, "rerank_max_new_tokens", 16)
+    reranked_cached = 0
     evaluated = list(mmeb_eval)
-    mmeb_eval = concat_partitions(mmeb_eval)
+    eval_df = concat_partitions(mmeb_eval)
     info = s.eval_catalog
+    cache_dir = s.asset_dir("embedding_cache")
+    embedder_path, embedder_version = _embedder_under_test(context, s, mlflow.uri())
     models = {
         "retriever": s.retriever_path,
         "embedder (untrained base)": s.embedder_base.path,
-        "embedder": s.asset_dir("embedder_checkpoint"),
+        "embedder": embedder_path,
     }
     per_model: dict[str, dict[str, float]] = {}
+    totals = EncodeStats()
     embedder_rows = {}
+    embedder = None
     for label, path in models.items():
         context.log.info(f"evaluating {label} ({path})")
-        lm = load_model(path, role=label)
-        results = evaluate_model(lm, mmeb_eval, str(s.eval_image_root), image_size=ev.image_size,
-                                 batch_size=ev.batch_size, log=context.log.info)  # fmt: skip
+        handle = ModelHandle(path, role=label)
+        results = evaluate_model(handle, eval_df, s.eval_image_root, image_size=ev.image_size,
+                                 batch_size=ev.batch_size, cache_dir=cache_dir, log=context.log.info)  # fmt: skip
         per_model[label] = {k: v.precision_at_1 for k, v in results.items()}
+        for v in results.values():
+            totals.add(EncodeStats(v.encoded, v.cached))
         if label == "embedder":
             embedder_rows = {k: v.row_scores for k, v in results.items()}
-        del lm
+            embedder = handle
+        else:
+            handle.release()
     unparsable = 0
     if ev.rerank:
-        label = f"embedder + reranker (top-{ev.rerank_top_k} listwise)"
-        reranker = load_model(s.asset_dir("reranker_checkpoint"), role="reranker")
-        images = ImageLoader(str(s.eval_image_root), resize=ev.image_size)
+        label = f"embedder + reranker (top-{ev.rerank_top_k} {mode})"
+        # The reranker loads only if a subset's reranked result is not cached already.
+        reranker = ModelHandle(s.asset_dir("reranker_checkpoint"), role="reranker")
+        images = MaxPixels(ImageLoader(s.eval_image_root, resize=ev.image_size), max_pixels)
+        rerank_dir = s.asset_dir("rerank_cache")
         per_model[label] = {}
-        for subset, rows in mmeb_eval.group_by("subset", maintain_order=True):
-            name = str(subset[0])
-            outcome = rerank_subset(reranker, rows, embedder_rows[name], images, top_k=ev.rerank_top_k,
-                                    batch_size=ev.rerank_batch_size)  # fmt: skip
+        for (name,), rows in eval_df.group_by("subset", maintain_order=True):
+            key = rerank_cache_key(reranker, embedder, subset_fingerprint(rows, ev.image_size),
+                                   image_size=ev.image_size, mode=mode, top_k=ev.rerank_top_k,
+                                   max_pixels=max_pixels, max_new_tokens=max_new_tokens)  # fmt: skip
+            outcome = load_rerank(rerank_dir, key)
+            cached = outcome is not None
+            if outcome is None:
+                outcome = rerank_subset(reranker.lm, rows, embedder_rows[name], images, top_k=ev.rerank_top_k,
+                                        batch_size=ev.rerank_batch_size, mode=mode,
+                                        max_new_tokens=max_new_tokens)  # fmt: skip
+                save_rerank(rerank_dir, key, outcome)
+            reranked_cached += cached
             per_model[label][name] = outcome.precision_at_1
             unparsable += outcome.unparsable
-            context.log.info(
-                f"{name}: reranked P@1 {outcome.precision_at_1:.3f} ({outcome.unparsable} unparsable)"
-            )
-    table = pl.DataFrame(
-        [
-            {
-                "subset": n,
-                "meta_task": info[n].meta_task,
-                "split": info[n].split,
-                "model": m,
-                "precision_at_1": p,
-            }
-            for m, scores in per_model.items()
-            for n, p in scores.items()
-        ]
-    )
+            context.log.info(f"{name}: reranked ({mode}) P@1 {outcome.precision_at_1:.3f}"
+                             + (f" ({outcome.unparsable} unparsable)" if mode == "listwise" else "")
+                             + (" [cached]" if cached else ""))  # fmt: skip
+        reranker.release()
+    zeroshot = _zeroshot(context, s, embedder, zeroshot_roots, cache_dir) if zeroshot_roots else {}
+
+    table = report_table(per_model, info)
     aggregates = {m: aggregate(scores, info) for m, scores in per_model.items()}
-    names = list(next(iter(per_model.values())))
-    per_dataset_md = markdown_table(
-        ["subset", "meta-task", "split", *per_model],
-        [
-            (n, info[n].meta_task, info[n].split, *(round(100 * per_model[m][n], 1) for m in per_model))
-            for n in names
-        ],
-    )
-    agg_md = markdown_table(["model", *AGG_KEYS], [(m, *(round(100 * a[k], 1) for k in AGG_KEYS))
-                                                   for m, a in aggregates.items()])  # fmt: skip
+    published = published_for(evaluated)
+    complete = set(s.eval_subset_names) <= set(evaluated)
+    per_dataset_md = per_dataset_markdown(per_model, info, published)
+    agg_md = aggregate_markdown(per_model, info, published, n_configured=len(s.eval_subset_names))
+    sources_md = sources_markdown(published)
+    fingerprints = {n: subset_fingerprint(rows, ev.image_size) for n, rows in mmeb_eval.items()}
     with mlflow.run(context) as run:
-        run.log_params({"image_size": ev.image_size, "rerank_top_k": ev.rerank_top_k, "subsets": ",".join(evaluated),
-                        "complete": set(evaluated) == set(s.eval_subset_names),
+        run.log_params({"embedder": embedder_path, "embedder_version": embedder_version or "",
+                        "image_size": ev.image_size, "rerank": ev.rerank, "rerank_mode": mode,
+                        "rerank_top_k": ev.rerank_top_k, "subsets": ",".join(evaluated), "complete": complete,
+                        "zeroshot_sets": ",".join(zeroshot_roots),
                         **upstream_run_ids(context, ["embedder_checkpoint", "reranker_checkpoint", "mmeb_eval"])})  # fmt: skip
         for m, agg in aggregates.items():
-            slug = m.split(" (")[0].replace(" + ", "_plus_").replace(" ", "_")
-            run.log_metrics({f"{slug}.{k}": 100 * v for k, v in agg.items()})
-            run.log_metrics({f"{slug}.p_at_1.{n}": 100 * p for n, p in per_model[m].items()})
-        run.log_metrics({"rerank_unparsable": unparsable})
-        run.log_text(per_dataset_md + "\n\n" + agg_md, "report.md")
+            run.log_metrics({f"{_slug(m)}.{k}": 100 * v for k, v in agg.items()})
+            run.log_metrics({f"{_slug(m)}.p_at_1.{n}": 100 * p for n, p in per_model[m].items()})
+        run.log_metrics({"rerank_unparsable": unparsable, "encoded": totals.encoded, "cached": totals.cached,
+                         "reranked_subsets_cached": reranked_cached})  # fmt: skip
+        run.log_metrics({f"zeroshot.{st}.{k}": 100 * v for st, mt in zeroshot.items() for k, v in mt.items()})
+        report_md = "\n\n".join(x for x in (per_dataset_md, agg_md, sources_md) if x)
+        run.log_text(report_md, "report.md")
+        run.log_text(table.write_csv(), "report.csv")
         bars = run.log_figure(plots.grouped_bars({m: {k: 100 * a[k] for k in AGG_KEYS} for m, a in aggregates.items()},
                                                  "MMEB-format P@1"), "aggregates")  # fmt: skip
+        per_ds = run.log_figure(plots.grouped_bars({m: {n: 100 * p for n, p in sc.items()} for m, sc in per_model.items()},
+                                                   "P@1 per dataset"), "per_dataset")  # fmt: skip
+        decision = _promote(context, s, mlflow.uri(), embedder_version, per_model["embedder"], fingerprints,
+                            eval_df, cache_dir, run)  # fmt: skip
+        zeroshot_md = ""
+        if zeroshot:
+            zeroshot_md = zeroshot_markdown(zeroshot)
+            run.log_text(zeroshot_md, "zeroshot.md")
+            run.log_metrics({f"zeroshot.{k}": 100 * v for k, v in zeroshot_summary(zeroshot).items()})
+            zs_path = write_parquet(zeroshot_table(zeroshot), s.asset_dir("mmeb_report") / "zeroshot.parquet")
     overall = {m: round(100 * a["overall"], 2) for m, a in aggregates.items()}
-    context.log.info(f"overall P@1: {overall}")
-    return dg.Output(table, metadata={
-        "per_dataset": dg.MetadataValue.md(per_dataset_md), "aggregates": dg.MetadataValue.md(agg_md),
-        "chart": dg.MetadataValue.md(bars), "overall": dg.MetadataValue.json(overall),
-        "rerank_unparsable": unparsable, **run_metadata(run),
-    })  # fmt: skip
+    context.log.info(f"overall P@1: {overall}; promotion: {decision['reason']}")
+    metadata = {
+        "per_dataset": dg.MetadataValue.md(per_dataset_md + ("\n\n" + sources_md if sources_md else "")),
+        "aggregates": dg.MetadataValue.md(agg_md), "chart": dg.MetadataValue.md(bars),
+        "chart_per_dataset": dg.MetadataValue.md(per_ds), "overall": dg.MetadataValue.json(overall),
+        "rerank_mode": mode, "rerank_unparsable": unparsable, "encoded": totals.encoded, "cached": totals.cached,
+        "reranked_subsets_cached": reranked_cached,
+        "complete": complete, "subsets": dg.MetadataValue.json(evaluated),
+        "promotion": dg.MetadataValue.json(decision), **run_metadata(run),
+    }  # fmt: skip
+    if zeroshot:
+        metadata["zeroshot"] = dg.MetadataValue.md(zeroshot_md)
+        metadata["zeroshot_table"] = dg.MetadataValue.path(str(zs_path))
+    yield dg.Output(table, metadata=metadata)
+    yield dg.AssetCheckResult(check_name=CHAMPION_CHECK, passed=bool(decision["passed"]),
+                              severity=dg.AssetCheckSeverity.WARN, metadata={
+                                  k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
+                                  for k, v in decision.items() if v is not None})  # fmt: skip
+
+
+def _zeroshot(context, s, embedder, roots: dict[str, str], cache_dir) -> dict[str, dict[str, float]]:
+    """The configured zero-shot sets, evaluated with the trained embedder."""
+    from unime_assets.data.zeroshot import COMPOSITION_SETS, read_zeroshot
+    from unime_assets.mmeb_runner import evaluate_composition_set, evaluate_retrieval_set
+
+    out = {}
+    ev = s.evaluation
+    for name, root in roots.items():
+        ds = read_zeroshot(name, root, extract_dir=s.asset_dir("zeroshot_images"))
+        fn = evaluate_composition_set if name in COMPOSITION_SETS else evaluate_retrieval_set
+        out[name] = fn(embedder, ds, image_size=ev.image_size, batch_size=ev.batch_size, cache_dir=cache_dir)
+        context.log.info(
+            f"zero-shot {name}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in out[name].items())
+        )
+    return out
+
+
+def _promote(context, s, tracking_uri: str, version: str | None, scores: dict[str, float],
+             fingerprints: dict[str, str], eval_df, cache_dir, run) -> dict:  # fmt: skip
+    """Compare with `champion`, record the scores on the version, move the alias when it wins."""
+    from unime_assets.mmeb_runner import ModelHandle, evaluate_model
+    from unime_assets.promotion import (
+        CHAMPION,
+        SCORES_TAG,
+        EvalRecord,
+        alias_version,
+        comparable_scores,
+        decide_promotion,
+        download_checkpoint,
+        record_evaluation,
+        set_champion,
+    )
+
+    required = s.eval_subset_names
+    if version is None:
+        return {
+            "passed": False,
+            "promote": False,
+            "reason": f"no registered {EMBEDDER_MODEL} version to promote",
+        }
+    champ = alias_version(tracking_uri, EMBEDDER_MODEL, CHAMPION)
+    champion = None
+    if champ is not None:
+        champ_scores = comparable_scores(champ.tags.get(SCORES_TAG), fingerprints)
+        missing = [n for n in scores if n not in champ_scores]
+        complete = set(required) <= set(scores)
+        # Re-evaluate the champion only where it lacks scores on these rows, and only when the
+        # comparison can lead to a promotion (a partial evaluation never does).
+        if missing and complete and str(champ.version) != version:
+            context.log.info(f"evaluating champion version {champ.version} on {missing}")
+            ckpt = download_checkpoint(
+                tracking_uri, EMBEDDER_MODEL, str(champ.version), s.asset_dir("registry_models")
+            )
+            res = evaluate_model(ModelHandle(ckpt, role="champion"), eval_df.filter(pl.col("subset").is_in(missing)),
+                                 s.eval_image_root, image_size=s.evaluation.image_size,
+                                 batch_size=s.evaluation.batch_size, cache_dir=cache_dir)  # fmt: skip
+            new = {n: r.precision_at_1 for n, r in res.items()}
+            record_evaluation(tracking_uri, EMBEDDER_MODEL, str(champ.version), new, fingerprints)
+            champ_scores.update(new)
+        champion = EvalRecord(str(champ.version), champ_scores)
+    min_gain = getattr(s.evaluation, "promote_min_gain", 0.0)
+    decision = decide_promotion(EvalRecord(version, scores), champion, required, min_gain=min_gain)
+    record_evaluation(tracking_uri, EMBEDDER_MODEL, version, scores, fingerprints, extra={
+        "mmeb.promotion": ("promoted: " if decision.promote else "kept: ") + decision.reason,
+        "mmeb.complete": str(decision.candidate_score is not None), "mmeb.report_run_id": run.run_id,
+        "mmeb.compared_to": decision.champion_version or ""})  # fmt: skip
+    if decision.promote:
+        set_champion(tracking_uri, EMBEDDER_MODEL, version)
+        context.log.info(f"{EMBEDDER_MODEL} version {version} is now `{CHAMPION}`: {decision.reason}")
+    run.log_params({"promotion.promote": decision.promote, "promotion.reason": decision.reason,
+                    "promotion.candidate_version": version,
+                    "promotion.champion_version": decision.champion_version or ""})  # fmt: skip
+    for key in ("candidate_score", "champion_score"):
+        value = getattr(decision, key)
+        if value is not None:
+            run.log_metrics({f"promotion.{key}": 100 * value})
+    passed = decision.promote or decision.reason.startswith("the candidate already is")
+    return {"passed": passed, **decision.as_dict()}

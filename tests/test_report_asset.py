@@ -1,0 +1,105 @@
+"""`mmeb_report` materialized on its own (tiny checkpoints copied in place of the trained ones): the
+report rows, the cache across materializations, and the champion promotion against the registry."""
+
+from __future__ import annotations
+
+import shutil
+
+import dagster as dg
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+EVAL = ["SynColor", "SynHue"]
+
+
+@pytest.fixture(scope="module")
+def report_env(tmp_path_factory, embedded_home, tiny_qwen2vl, tiny_qwen25vl):
+    root = tmp_path_factory.mktemp("report")
+    raw = yaml.safe_load((embedded_home / "settings.yaml").read_text())
+    raw["artifacts_root"] = str(root / "assets")
+    raw["eval_subsets"] = EVAL  # the configured eval set: evaluating both is a complete evaluation
+    (root / "settings.yaml").write_text(yaml.safe_dump(raw))
+    for name, src in (("retriever_model", tiny_qwen2vl), ("embedder_checkpoint", tiny_qwen2vl),
+                      ("reranker_checkpoint", tiny_qwen25vl)):  # fmt: skip
+        shutil.copytree(src, root / "assets" / name)
+    # A registered model version's files, laid out as the pyfunc model's artifacts.
+    shutil.copytree(tiny_qwen2vl, root / "registered" / "artifacts" / "checkpoint")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    client.create_registered_model("unime-v2-embedder")
+    client.create_model_version("unime-v2-embedder", source=str(root / "registered"))
+    client.set_registered_model_alias("unime-v2-embedder", "candidate", "1")
+    return root, uri, client
+
+
+def _materialize_report(root, uri, instance, tags=None):
+    from unime_assets.defs.assets.data import mmeb_eval
+    from unime_assets.defs.assets.evaluation import mmeb_report
+    from unime_assets.defs.checks import mmeb_report_well_formed
+    from unime_assets.defs.io_managers import PolarsParquetIOManager
+    from unime_assets.defs.resources import MlflowResource, SettingsResource
+
+    resources = {"settings": SettingsResource(settings_file=str(root / "settings.yaml")),
+                 "mlflow": MlflowResource(tracking_uri=uri, artifact_root=str(root / "mlartifacts")),
+                 "io_manager": PolarsParquetIOManager(base_dir=str(root / "tables"))}  # fmt: skip
+    assets = [mmeb_eval, mmeb_report, mmeb_report_well_formed]
+    if not (root / "tables" / "mmeb_eval").is_dir():
+        for key in EVAL:
+            assert dg.materialize(assets, selection=["mmeb_eval"], partition_key=key, resources=resources,
+                                  instance=instance).success  # fmt: skip
+    result = dg.materialize(
+        assets, selection=["mmeb_report"], resources=resources, instance=instance, tags=tags
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("mmeb_report")[0].metadata
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    return meta, checks
+
+
+def test_report_cache_and_promotion(report_env):
+    import polars as pl
+
+    root, uri, client = report_env
+    with dg.DagsterInstance.ephemeral() as instance:
+        meta, checks = _materialize_report(root, uri, instance)
+        table = pl.read_parquet(root / "tables" / "mmeb_report.parquet")
+        assert table.columns == ["subset", "meta_task", "split", "model", "precision_at_1"]
+        assert set(table["subset"]) == set(EVAL) and table.height == 4 * len(EVAL)
+        assert {"embedder", "embedder + reranker (top-4 listwise)"} <= set(table["model"])
+        assert meta["complete"].value is True and meta["encoded"].value > 0
+        assert checks["mmeb_report_well_formed"].passed
+        # no champion yet: the evaluated version (alias `candidate`) becomes the champion
+        assert checks["champion_comparison"].passed
+        assert meta["promotion"].value["promote"] and meta["promotion"].value["reason"] == "no champion yet"
+        champ = client.get_model_version_by_alias("unime-v2-embedder", "champion")
+        assert str(champ.version) == "1" and champ.tags["mmeb.promotion"].startswith("promoted")
+        assert champ.tags["mmeb.subsets"] == ",".join(EVAL)
+
+        # Again: every embedding comes from the cache, and the champion is already this version.
+        meta2, checks2 = _materialize_report(root, uri, instance)
+        # (the three embedding models are the same tiny checkpoint here, so they share a cache namespace)
+        assert meta2["encoded"].value == 0
+        assert meta2["cached"].value == meta["encoded"].value + meta["cached"].value
+        assert meta2["overall"].value == meta["overall"].value
+        assert meta["reranked_subsets_cached"].value == 0 and meta2["reranked_subsets_cached"].value == len(
+            EVAL
+        )
+        assert checks2["champion_comparison"].passed and not meta2["promotion"].value["promote"]
+
+        # A run launched for a new version (the sensor's run tag) with the same weights, against a
+        # champion without stored scores: both are downloaded from the registry, the champion is
+        # re-evaluated, and the tie keeps it.
+        client.create_model_version("unime-v2-embedder", source=str(root / "registered"))
+        client.set_model_version_tag("unime-v2-embedder", "1", "mmeb.scores", "{}")
+        meta3, checks3 = _materialize_report(root, uri, instance, tags={"unime/embedder_version": "2"})
+        decision = meta3["promotion"].value
+        assert decision["candidate_version"] == "2" and meta3["encoded"].value == 0  # same weights: cached
+        assert not decision["promote"] and decision["champion_version"] == "1"
+        assert decision["candidate_score"] == pytest.approx(decision["champion_score"])
+        assert not checks3["champion_comparison"].passed  # kept: shown as a warning
+        assert str(client.get_model_version_by_alias("unime-v2-embedder", "champion").version) == "1"
+        assert client.get_model_version("unime-v2-embedder", "1").tags["mmeb.scores"] != "{}"
+        for version in ("1", "2"):
+            assert (root / "assets" / "registry_models" / "unime-v2-embedder" / version).is_dir()
+        assert "mmeb.scores" in client.get_model_version("unime-v2-embedder", "2").tags
