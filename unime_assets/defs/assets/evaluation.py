@@ -86,15 +86,15 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         zeroshot_summary,
         zeroshot_table,
     )
-    from unime_assets.reranking import RERANK_MAX_PIXELS, MaxPixels
+    from unime_assets.reranking import MaxPixels
 
     s = settings.get()
     ev = s.evaluation
     # Fields the lead adds to EvalSettings; defaults until then.
-    mode = getattr(ev, "rerank_mode", "listwise")
-    zeroshot_roots = dict(getattr(ev, "zeroshot_roots", None) or {})
-    max_pixels = getattr(ev, "rerank_max_pixels", RERANK_MAX_PIXELS)
-    max_new_tokens = getattr(ev, "rerank_max_new_tokens", 16)
+    mode = ev.rerank_mode
+    zeroshot_roots = dict(ev.zeroshot_roots)
+    max_pixels = ev.rerank_max_pixels
+    max_new_tokens = ev.rerank_max_new_tokens
     reranked_cached = 0
     evaluated = list(mmeb_eval)
     eval_df = concat_partitions(mmeb_eval)
@@ -267,7 +267,7 @@ def _promote(context, s, tracking_uri: str, version: str | None, scores: dict[st
             record_evaluation(tracking_uri, EMBEDDER_MODEL, str(champ.version), new, fingerprints)
             champ_scores.update(new)
         champion = EvalRecord(str(champ.version), champ_scores)
-    min_gain = getattr(s.evaluation, "promote_min_gain", 0.0)
+    min_gain = s.evaluation.promote_min_gain
     decision = decide_promotion(EvalRecord(version, scores), champion, required, min_gain=min_gain)
     record_evaluation(tracking_uri, EMBEDDER_MODEL, version, scores, fingerprints, extra={
         "mmeb.promotion": ("promoted: " if decision.promote else "kept: ") + decision.reason,
