@@ -82,16 +82,25 @@ def judge_scores(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, ca
 
     def progress(done: int, total: int) -> None:
         if done - last["logged"] >= max(total // 10, 1) or done == total:
-            context.log.info(f"judge batches {done}/{total}")
+            context.log.info(f"judged pairs {done}/{total}")
             last["logged"] = done
+
+    shards = {"reused": 0, "scored": 0}
+
+    def on_shard(index: int, total: int, computed: bool) -> None:
+        shards["scored" if computed else "reused"] += 1
+        context.log.info(f"shard {index + 1}/{total} " + ("scored" if computed else "reused (finished earlier)"))
 
     with mlflow.run(context) as run:
         run.log_params({"judge": s.judge_path, "prompt_version": PROMPT_VERSION, "pairs": n_pairs,
-                        **s.judging.model_dump(), **upstream_run_ids(context, ["candidate_pool", "judge_model"])})  # fmt: skip
+                        **s.judging.model_dump(exclude_none=True), **upstream_run_ids(context, ["candidate_pool", "judge_model"])})  # fmt: skip
+        j = s.judging
         df = score_candidate_pool(mmeb_train, candidate_index, candidate_pool, str(s.judge_path),
-                                  str(s.train_image_root), batch_size=s.judging.batch_size, on_batch=progress,
+                                  str(s.train_image_root), batch_size=j.batch_size, on_batch=progress,
                                   shard_dir=s.asset_dir("judge_scores") / "shards" / subset,
-                                  shard_queries=s.judging.shard_queries)  # fmt: skip
+                                  shard_queries=j.shard_queries, backend=j.backend, share_prefix=j.share_prefix,
+                                  image_cache_mb=j.image_cache_mb, vllm_options=j.vllm_options(),
+                                  on_shard=on_shard)  # fmt: skip
         pos = df["pos_score"].to_numpy()
         cands = [np.asarray(c) for c in df["cand_scores"].to_list()]
         quality = score_quality(pos, cands)
@@ -100,7 +109,9 @@ def judge_scores(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, ca
         hist = run.log_figure(
             plots.histograms({"positive": pos, "candidates": flat}, "judge scores"), "scores"
         )
-    return dg.Output(df, metadata={"pairs": n_pairs, **quality, "histogram": dg.MetadataValue.md(hist),
+        run.log_metrics({f"shards_{k}": v for k, v in shards.items()})
+    return dg.Output(df, metadata={"pairs": n_pairs, **quality, **{f"shards_{k}": v for k, v in shards.items()},
+                                   "histogram": dg.MetadataValue.md(hist),
                                    **run_metadata(run)})  # fmt: skip
 
 
