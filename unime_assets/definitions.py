@@ -1,4 +1,5 @@
-"""The code location: every asset, check and resource of the pipeline."""
+"""The code location: every asset, check and resource of the pipeline, plus its automation (jobs,
+schedule, sensors, automation conditions: defs/automation.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,41 @@ import dagster as dg
 
 from unime_assets.defs import checks
 from unime_assets.defs.assets import data, evaluation, mining, models, training
+from unime_assets.defs.automation import with_automation
 from unime_assets.defs.io_managers import PolarsParquetIOManager
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 
 
+def _executor() -> dg.ExecutorDefinition:
+    """UNIME_EXECUTOR: in_process (default: the tiny models load in seconds and each subprocess would
+    pay ~10 s of torch/transformers imports), multiprocess (steps in processes), or, on a cluster, k8s
+    (each step its own pod; dagster-k8s) or docker (each step its own container; dagster-docker)."""
+    kind = os.environ.get("UNIME_EXECUTOR", "in_process")
+    if kind == "multiprocess":
+        return dg.multiprocess_executor
+    if kind == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if kind == "docker":
+        from dagster_docker import docker_executor
+
+        return docker_executor
+    return dg.in_process_executor
+
+
 def build_definitions() -> dg.Definitions:
-    # In-process by default: the tiny models load in seconds and each subprocess would pay ~10 s of
-    # torch/transformers imports. Set UNIME_EXECUTOR=multiprocess to isolate steps in processes.
-    executor = dg.multiprocess_executor if os.environ.get("UNIME_EXECUTOR") == "multiprocess" else dg.in_process_executor
-    return dg.Definitions(
-        assets=dg.load_assets_from_modules([data, models, mining, training, evaluation]),
-        asset_checks=dg.load_asset_checks_from_modules([checks]),
-        resources={
-            "settings": SettingsResource(),
-            "mlflow": MlflowResource(),
-            "io_manager": PolarsParquetIOManager(),
-        },
-        executor=executor,
+    return with_automation(
+        dg.Definitions(
+            assets=dg.load_assets_from_modules([data, models, mining, training, evaluation]),
+            asset_checks=dg.load_asset_checks_from_modules([checks]),
+            resources={
+                "settings": SettingsResource(),
+                "mlflow": MlflowResource(),
+                "io_manager": PolarsParquetIOManager(),
+            },
+            executor=_executor(),
+        )
     )
 
 
