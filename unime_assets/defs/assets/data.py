@@ -6,6 +6,7 @@ import polars as pl
 from unime_assets.data.mmeb import load_eval, load_train
 from unime_assets.data.validation import ValidationResult, validate_eval, validate_train
 from unime_assets.defs.assets._common import run_metadata
+from unime_assets.defs.automation import source_files, source_fingerprint
 from unime_assets.defs.partitions import (
     check_partition,
     eval_partitions,
@@ -39,7 +40,10 @@ def mmeb_train(context: dg.AssetExecutionContext, settings: SettingsResource, ml
             context, run, res, s.asset_dir("quarantine") / "mmeb_train" / f"{subset}.parquet"
         )
     context.log.info(f"{subset}: {df.height} training pairs, {res.counts.get('quarantined', 0)} quarantined")
-    return dg.Output(df, metadata={"rows": df.height, **info, **meta, **run_metadata(run)})
+    # What the nightly schedule compares to notice changed source files (defs/automation.py).
+    fingerprint = source_fingerprint(source_files(s.train_root, subset, s.train_split))
+    return dg.Output(df, metadata={"rows": df.height, "source_fingerprint": fingerprint, **info, **meta,
+                                   **run_metadata(run)})  # fmt: skip
 
 
 @dg.asset(group_name="data", kinds={"polars", "parquet"}, partitions_def=eval_partitions,

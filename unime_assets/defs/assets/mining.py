@@ -66,7 +66,7 @@ def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, 
 
 
 @dg.asset(group_name="mining", kinds={"pytorch", "polars"}, partitions_def=train_partitions, deps=["judge_model"],
-          pool="gpu", tags={"dagster/max_runtime": str(24 * 3600)},
+          pool="gpu",
           description="Judge score e^yes/(e^yes+e^no) for (query, positive) and every (query, candidate); "
           "written in resumable shards keyed by judge, prompt version and content.")  # fmt: skip
 def judge_scores(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, candidate_pool: pl.DataFrame,
