@@ -74,6 +74,7 @@ def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, set
     # the registered embedder loads through MLflow and embeds text and images
     import mlflow.pyfunc
 
+    mlflow.set_tracking_uri(uri)  # this process, not only the CLI's, reads the e2e store
     model = mlflow.pyfunc.load_model("models:/unime-v2-embedder@candidate")
     image = ts.filter(pl.col("pos_image_path") != "")["pos_image_path"][0]
     vecs = model.predict(pd.DataFrame({"text": ["red", "<|image_1|>\nRepresent the given image.\n"],

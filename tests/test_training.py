@@ -57,11 +57,28 @@ def test_loss_modes():
         embedder_loss(q, c, s, "nope", 0.02)
 
 
+def test_inbatch_infonce_ignores_identical_positives():
+    q = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    c = torch.nn.functional.normalize(torch.randn(3, 4, 8), dim=-1)
+    c[1, 0] = c[0, 0]  # queries 0 and 1 share their positive (same class label)
+    keys = torch.tensor([7, 7, 9])
+    got = embedder_loss(q, c, torch.rand(3, 4), "infonce_inbatch", 0.1, pos_keys=keys)
+    logits = q @ c[:, 0].T / 0.1
+    expected = torch.stack([-torch.log_softmax(logits[0, [0, 2]], 0)[0],
+                            -torch.log_softmax(logits[1, [1, 2]], 0)[0],
+                            -torch.log_softmax(logits[2], 0)[2]]).mean()  # fmt: skip
+    torch.testing.assert_close(got, expected)
+
+
 def test_deepspeed_config_values():
     cfg = deepspeed_config(EngineConfig(micro_batch_size=8, total_steps=100, lr=1e-4, warmup_steps=10,
                                         grad_accum=2, zero_stage=3, bf16=False))  # fmt: skip
     assert cfg["zero_optimization"]["stage"] == 3 and cfg["gradient_accumulation_steps"] == 2
     assert cfg["optimizer"]["params"]["torch_adam"] is True  # no JIT-compiled Adam on CPU
     assert cfg["scheduler"]["params"]["warmup_num_steps"] == 10 and not cfg["bf16"]["enabled"]
+    # GradCache: every chunk's backward is a DeepSpeed micro-step, accumulated up to the optimizer step.
+    gc_cfg = EngineConfig(micro_batch_size=8, total_steps=100, grad_accum=2)
+    gc = deepspeed_config(gc_cfg, backwards_per_micro_batch=5)
+    assert gc["gradient_accumulation_steps"] == 10
     with pytest.raises(ValueError, match="zero_stage"):
         EngineConfig(micro_batch_size=1, total_steps=1, zero_stage=4)

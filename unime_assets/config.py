@@ -111,11 +111,19 @@ class TrainSettings(Strict):
     grad_accum: int = 1
     lr: float = 1e-4
     warmup_steps: int = 200
-    zero_stage: int = 2
+    zero_stage: int = Field(2, ge=0, le=3)
     seed: int = 42
+    # Launch (training/launch.py): torchrun or deepspeed starts `processes` ranks through Dagster Pipes.
+    processes: int = Field(0, ge=0)  # 0: one per visible GPU, 1 on CPU
+    launcher: Literal["torchrun", "deepspeed"] = "torchrun"
+    bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU
+    checkpoint_every: int = Field(50, ge=0)  # DeepSpeed checkpoint every N steps (0: off); official save_steps
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)  # a Dagster log line every N steps (MLflow gets every step)
 
 
 class EmbedderSettings(TrainSettings):
+    gradcache_chunk: int = Field(2, ge=0)  # sequences per GradCache chunk (paper: 2); 0: plain backward
     k_negatives: int = 8
     temperature: float = 0.02
     loss: Literal["judge_kl", "infonce_mined", "infonce_inbatch"] = "judge_kl"

@@ -43,8 +43,9 @@ def build_training_set(
         .join(
             train.select("pair_id", "subset", "qry", "qry_image_path", "pos_text", "pos_image_path"),
             on="pair_id",
+            maintain_order="left",
         )
-        .join(judge.select("pair_id", "pos_score"), on="pair_id")
+        .join(judge.select("pair_id", "pos_score"), on="pair_id", maintain_order="left")
     )
     df = df.with_columns(
         pl.Series(

@@ -2,7 +2,7 @@
 
 A single process (this one) is rank 0 of a world of 1 unless a launcher (deepspeed/torchrun)
 already set RANK/WORLD_SIZE. On CPU the backend is gloo; DeepSpeed's shared-memory comm op is
-disabled because it JIT-compiles for ~20 s and a one-process world does not need it, and the
+disabled because it JIT-compiles for ~20 s (gloo is enough for the CPU test ranks), and the
 optimizer is torch's AdamW (`torch_adam`) so no fused/cpu Adam op is compiled either.
 """
 
@@ -34,7 +34,54 @@ def ensure_distributed() -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if torch.cuda.is_available():  # one GPU per rank: the launcher's LOCAL_RANK picks it
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def local_device() -> torch.device:
+    """This rank's device: cuda:LOCAL_RANK when CUDA is present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's `t` (same shape on each) along dim 0; this rank's slice keeps its graph.
+
+    all_gather returns detached copies, so the local slot is replaced by `t` itself: the loss over
+    the global batch then sends gradient to this rank's representations only (the official
+    `dist_gather_tensor`); the loss is multiplied by the world size to undo the ranks' averaging.
+    """
+    n = world_size()
+    if n == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(n)]
+    dist.all_gather(parts, t.detach().contiguous())
+    parts[rank()] = t
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_mean(value: float) -> float:
+    """Mean of a scalar over ranks (for logging a rank-local loss)."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=local_device())
+    dist.all_reduce(t)
+    return float(t.item()) / world_size()
 
 
 @dataclass
@@ -56,13 +103,16 @@ class EngineConfig:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
 
 
-def deepspeed_config(cfg: EngineConfig) -> dict:
+def deepspeed_config(cfg: EngineConfig, backwards_per_micro_batch: int = 1) -> dict:
+    """DeepSpeed JSON config. With GradCache a micro-batch runs one backward per chunk; each of them
+    is a DeepSpeed micro-step (backward + step), so DeepSpeed accumulates `grad_accum x chunks`
+    backwards before the optimizer update (its own accumulation path, valid for ZeRO 0-3)."""
     bf16 = torch.cuda.is_available() if cfg.bf16 is None else cfg.bf16
     # DeepSpeed's WarmupDecayLR needs at least one warmup step.
     warmup = max(1, min(cfg.warmup_steps, cfg.total_steps - 1))
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_accumulation_steps": cfg.grad_accum * backwards_per_micro_batch,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": bf16},
@@ -86,12 +136,13 @@ def deepspeed_config(cfg: EngineConfig) -> dict:
     }
 
 
-def initialize(model: torch.nn.Module, cfg: EngineConfig):
+def initialize(model: torch.nn.Module, cfg: EngineConfig, backwards_per_micro_batch: int = 1):
     import deepspeed
 
     ensure_distributed()
     params = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=deepspeed_config(cfg))
+    config = deepspeed_config(cfg, backwards_per_micro_batch)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
     return engine
 
 
@@ -109,7 +160,7 @@ def export_pretrained(engine, out_dir: Path, processor, *, zero_stage: int, lora
         else contextlib.nullcontext()
     )
     with gather:
-        if dist.get_rank() != 0:
+        if rank() != 0:  # the other ranks only take part in the ZeRO-3 gather
             return
         if lora:
             adapter_sd = {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if "lora_" in k}

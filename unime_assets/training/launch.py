@@ -1,0 +1,246 @@
+"""Out-of-process training: the entry point that `torchrun` / `deepspeed` start on every rank, and
+the command line that launches it.
+
+    python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node N \\
+        -m unime_assets.training.launch --spec spec.json
+    deepspeed --num_gpus N --master_port P --module unime_assets.training.launch --spec spec.json
+
+The spec (a `TrainSpec` as JSON) names the `training_set` parquet, the base checkpoint, the output
+directory and every hyper-parameter; the batch size in it is global (queries per micro-step
+over all ranks) and each rank takes `batch_size / WORLD_SIZE`, so the same spec gives the same
+optimisation on 1 or N processes.
+
+Reporting, rank 0 only:
+- per-step metrics (loss, lr, grad_norm, ...) go straight to MLflow, into the run named in the
+  spec (`mlflow_tracking_uri`, `mlflow_run_id`; the asset created the run, and with it the sqlite
+  schema, before the launch);
+- through Dagster Pipes (`open_dagster_pipes`, when launched by `dg.PipesSubprocessClient`): a log
+  line every `log_every` steps, and at the end one asset materialization with the summary
+  metadata (first/final loss, seconds, world size, resumed-from step). Exceptions reach the
+  Dagster run through the Pipes session too. Without Pipes (a plain shell) nothing is reported
+  there and the rest works the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+LAUNCH_MODULE = "unime_assets.training.launch"
+Launcher = Literal["torchrun", "deepspeed"]
+
+
+@dataclass
+class TrainSpec:
+    task: Literal["embedder", "reranker"]
+    base_path: str
+    training_set: str  # parquet with the `training_set` asset's rows
+    image_root: str
+    out_dir: str
+    steps: int
+    batch_size: int  # global: queries per micro-step over all ranks
+    lr: float
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    zero_stage: int = 2
+    bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU
+    grad_clip: float = 1.0
+    seed: int = 42
+    lora: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    # embedder
+    k_negatives: int = 8
+    loss: str = "judge_kl"
+    temperature: float = 0.02
+    gradcache_chunk: int = 0  # 0: plain full-batch backward
+    # checkpoints
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    # reporting
+    mlflow_tracking_uri: str = ""
+    mlflow_run_id: str = ""
+    log_every: int = 10
+
+    def write(self, path: str | Path) -> Path:
+        from unime_assets.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=2))
+        return Path(path)
+
+    @classmethod
+    def read(cls, path: str | Path) -> TrainSpec:
+        raw = json.loads(Path(path).read_text())
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown training spec keys {sorted(unknown)}")
+        return cls(**raw)
+
+
+def default_processes() -> int:
+    """Every visible GPU, else one CPU process."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(spec_path: str | Path, processes: int = 1, launcher: Launcher = "torchrun") -> list[str]:
+    """The launcher command line for a spec; the launcher starts `processes` ranks on this node."""
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    entry = ["--spec", str(spec_path)]
+    if launcher == "torchrun":  # `python -m torch.distributed.run` is torchrun, without relying on PATH
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                "--nproc_per_node", str(processes), "-m", LAUNCH_MODULE, *entry]  # fmt: skip
+    if launcher == "deepspeed":
+        exe = Path(sys.executable).with_name("deepspeed")
+        runner = [str(exe)] if exe.exists() else [sys.executable, "-m", "deepspeed.launcher.runner"]
+        return [*runner, "--num_gpus", str(processes), "--master_port", str(_free_port()),
+                "--module", LAUNCH_MODULE, *entry]  # fmt: skip
+    raise ValueError(f"unknown launcher {launcher!r}; expected 'torchrun' or 'deepspeed'")
+
+
+def launch_env() -> dict[str, str]:
+    """Environment additions for the ranks: unbuffered output (logs interleave readably), no
+    tokenizer thread pools fighting the ranks for cores."""
+    return {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the entry point
+
+
+class _NoPipes:
+    """Stands in for the Pipes context when the process was not launched by Dagster (log lines go to
+    stdout), or on ranks > 0 (silent)."""
+
+    class _Log:
+        def __init__(self, echo: bool) -> None:
+            self.echo = echo
+
+        def info(self, msg: str) -> None:
+            if self.echo:
+                print(msg, flush=True)
+
+        warning = info
+
+    def __init__(self, echo: bool = True) -> None:
+        self.log = self._Log(echo)
+
+    def report_asset_materialization(self, **_: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _pipes(rank: int) -> Iterator[Any]:
+    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+    if rank != 0 or not PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        yield _NoPipes(echo=rank == 0)
+        return
+    with open_dagster_pipes() as pipes:
+        yield pipes
+
+
+def _data_hash(df) -> str:
+    # Content hash of the training rows (order included): a resumed run must train on the same data.
+    return hashlib.sha256(df.hash_rows(seed=0).to_numpy().tobytes()).hexdigest()[:16]
+
+
+def _step_logger(spec: TrainSpec, pipes):
+    client = None
+    if spec.mlflow_run_id:  # imported on rank 0 only, and only when there is a run to log to
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        client = MlflowClient(tracking_uri=spec.mlflow_tracking_uri or None)
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v == v}  # drop NaN
+        if client is not None:
+            now = int(time.time() * 1000)
+            client.log_batch(spec.mlflow_run_id, metrics=[Metric(k, v, now, step) for k, v in clean.items()])
+        if step % spec.log_every == 0 or step == spec.steps - 1:
+            pipes.log.info(f"{spec.task} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in clean.items()))
+
+    return log
+
+
+def run_spec(spec: TrainSpec, pipes=None):
+    """Train what the spec says as this rank of the current launch; returns the TrainResult."""
+    import polars as pl
+
+    from unime_assets.config import LoraConfig
+    from unime_assets.training.data import embedder_examples, reranker_sft_examples
+    from unime_assets.training.engine import EngineConfig, ensure_distributed, world_size
+    from unime_assets.training.loops import CheckpointPolicy, train_embedder, train_sft
+
+    ensure_distributed()
+    world = world_size()
+    per_query = 3 if spec.task == "reranker" else 1  # the reranker's 3 SFT sequences per query
+    if spec.batch_size * per_query % world:
+        raise ValueError(f"batch_size {spec.batch_size} (x{per_query} sequences) is not divisible by "
+                         f"the {world} processes")  # fmt: skip
+    pipes = _NoPipes() if pipes is None else pipes
+    ts = pl.read_parquet(spec.training_set)
+    cfg = EngineConfig(micro_batch_size=spec.batch_size * per_query // world, total_steps=spec.steps,
+                       lr=spec.lr, warmup_steps=spec.warmup_steps, grad_accum=spec.grad_accum,
+                       zero_stage=spec.zero_stage, grad_clip=spec.grad_clip, bf16=spec.bf16)  # fmt: skip
+    policy = CheckpointPolicy(every=spec.checkpoint_every, keep=spec.keep_checkpoints,
+                              fingerprint=_data_hash(ts))  # fmt: skip
+    lora = LoraConfig(**spec.lora)
+    log = _step_logger(spec, pipes)
+    pipes.log.info(f"{spec.task}: {ts.height} queries, {world} process(es), global batch {spec.batch_size}, "
+                   f"ZeRO-{spec.zero_stage}, {spec.steps} steps")  # fmt: skip
+    if spec.task == "embedder":
+        examples = embedder_examples(ts, spec.k_negatives)
+        return train_embedder(spec.base_path, examples, spec.image_root, spec.out_dir, cfg, mode=spec.loss,
+                              temperature=spec.temperature, lora=lora, seed=spec.seed, log=log,
+                              gradcache_chunk=spec.gradcache_chunk, checkpoint=policy)  # fmt: skip
+    if spec.task == "reranker":
+        examples = reranker_sft_examples(ts, seed=spec.seed)
+        return train_sft(spec.base_path, examples, spec.image_root, spec.out_dir, cfg, role="reranker",
+                         lora=lora, seed=spec.seed, log=log, checkpoint=policy)  # fmt: skip
+    raise ValueError(f"unknown training task {spec.task!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=LAUNCH_MODULE, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", required=True, help="training spec JSON (TrainSpec)")
+    # The deepspeed launcher passes --local_rank; LOCAL_RANK in the environment is what is used.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    spec = TrainSpec.read(args.spec)
+    rank = int(os.environ.get("RANK", "0"))
+    with _pipes(rank) as pipes:
+        result = run_spec(spec, pipes)
+        if rank == 0:
+            meta = {"first_loss": result.losses[0], "final_loss": result.losses[-1],
+                    "steps": len(result.losses), "train_seconds": round(result.seconds, 1),
+                    "processes": result.world_size, "resumed_from_step": result.resumed_from}  # fmt: skip
+            pipes.report_asset_materialization(metadata=meta)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
