@@ -38,6 +38,8 @@ def test_embedder_and_reranker_train_from_official_scores(tmp_path, embedded_hom
         "train_image_root": str(tmp_path / "images_root"),
         "training_data": {"source": "official", "official_scores_file": str(FIXTURE)},
         "embedder": {"steps": 2}, "reranker": {"steps": 2},
+        # no judge_model materialized: the reranker starts from the base Qwen2.5-VL, as in the paper
+        "reranker_base": {"path": str(embedded_home / "models" / "tiny-qwen2.5-vl")},
     }  # fmt: skip
     resources = {
         "settings": SettingsResource(settings_file=str(embedded_home / "settings.yaml"),
@@ -46,6 +48,7 @@ def test_embedder_and_reranker_train_from_official_scores(tmp_path, embedded_hom
                                  artifact_root=str(tmp_path / "mlartifacts")),
         "io_manager": PolarsParquetIOManager(base_dir=str(tmp_path / "tables")),
     }  # fmt: skip
+    (tmp_path / "dg").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dg")) as instance:
         result = dg.materialize([*defs.assets, *defs.asset_checks], resources=resources, instance=instance,
                                 selection=["training_set", "embedder_checkpoint", "reranker_checkpoint"])  # fmt: skip
