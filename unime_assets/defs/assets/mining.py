@@ -120,7 +120,7 @@ def judge_scores(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, ca
           "5-step cyclic sampling, fallback 1.0; or NV-Retriever / rank-window / top / random).")  # fmt: skip
 def mined_negatives(context: dg.AssetExecutionContext, judge_scores: pl.DataFrame, candidate_pool: pl.DataFrame,
                     candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
-    from unime_assets.mining import kept_and_dropped, mine_table
+    from unime_assets.mining import filter_rates, kept_and_dropped, mine_table
 
     s = settings.get()
     check_partition(s, context.partition_key, "train")
@@ -133,10 +133,15 @@ def mined_negatives(context: dg.AssetExecutionContext, judge_scores: pl.DataFram
                  "mean_survivors": float(df["n_survivors"].mean()),
                  "false_negative_filter_rate": float(len(dropped) / max(len(kept) + len(dropped), 1)),
                  "mean_negative_score": float(np.mean(np.concatenate(df["neg_scores"].to_list())))}  # fmt: skip
+        # The false-negative filter rate every rule would have on these scores, beside the chosen one's.
+        rates = filter_rates(judge_scores, candidate_pool, m)
+        run.log_metrics({f"filter_rate.{k}": v for k, v in rates.items()})
+        rates_md = markdown_table(["strategy", "candidates filtered"], [(k, f"{100 * v:.1f} %") for k, v in rates.items()])
         run.log_metrics(stats)
         hist = run.log_figure(plots.histograms({"kept": kept, "dropped (false negatives)": dropped},
                                                f"judge scores of candidates ({m.strategy})"), "kept_vs_dropped")  # fmt: skip
     return dg.Output(df, metadata={**stats, "strategy": m.strategy, "kept_vs_dropped": dg.MetadataValue.md(hist),
+                                   "filter_rate_by_strategy": dg.MetadataValue.md(rates_md),
                                    **run_metadata(run)})  # fmt: skip
 
 
