@@ -65,7 +65,7 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         """An unpartitioned asset reading a partitioned one gets {partition: table} of the partitions
         materialized so far, so backfilling a few subsets is enough to run the rest of the graph."""
         keys = context.asset_partition_keys
-        found = {k: self._path(key, k) for k in keys if self._path(key, k).exists()}
+        found = {k: p for k in keys if (p := self._path(key, k)).exists()}
         if not found and self._optional(context):
             return {}
         if not found:

@@ -30,20 +30,6 @@ EMBEDDER_MODEL = "unime-v2-embedder"
 RERANKER_MODEL = "unime-v2-reranker"
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "pillow", "numpy", "unime-assets"]
 
-# Launch settings read with defaults until config.py's TrainSettings carries them.
-LAUNCH_DEFAULTS = {
-    "processes": 0,  # 0: every visible GPU, else 1 CPU process
-    "launcher": "torchrun",
-    "checkpoint_every": 50,  # official save_steps
-    "keep_checkpoints": 2,
-    "bf16": None,  # None: bf16 on CUDA, fp32 on CPU
-    "log_every": 10,
-}
-
-
-def _launch_setting(section, name: str):
-    return getattr(section, name)
-
 
 @contextlib.contextmanager
 def _inference_files(ckpt: Path) -> Iterator[Path]:
@@ -107,14 +93,14 @@ def _train_out_of_process(
         task=task, base_path=str(base), training_set=str(data), image_root=str(s.train_image_root),
         out_dir=str(out), steps=section.steps, batch_size=section.batch_size, lr=section.lr,
         warmup_steps=section.warmup_steps, grad_accum=section.grad_accum, zero_stage=section.zero_stage,
-        bf16=_launch_setting(section, "bf16"), seed=section.seed, lora=section.lora.model_dump(),
-        checkpoint_every=_launch_setting(section, "checkpoint_every"),
-        keep_checkpoints=_launch_setting(section, "keep_checkpoints"), mlflow_tracking_uri=tracking_uri,
-        mlflow_run_id=run.run_id, log_every=_launch_setting(section, "log_every"), **task_fields,
+        bf16=section.bf16, seed=section.seed, lora=section.lora.model_dump(),
+        checkpoint_every=section.checkpoint_every,
+        keep_checkpoints=section.keep_checkpoints, mlflow_tracking_uri=tracking_uri,
+        mlflow_run_id=run.run_id, log_every=section.log_every, **task_fields,
     )  # fmt: skip
     spec_path = spec.write(launch_dir / "spec.json")
-    processes = _launch_setting(section, "processes") or default_processes()
-    launcher = _launch_setting(section, "launcher")
+    processes = section.processes or default_processes()
+    launcher = section.launcher
     cmd = launch_command(spec_path, processes, launcher)
     run.log_params({"launch.processes": processes, "launch.command": shlex.join(cmd)})  # resolved
     context.log.info(f"launching {task} training: {shlex.join(cmd)}")
@@ -128,9 +114,8 @@ def _train_out_of_process(
 
 
 def _settings_params(section) -> dict:
-    launch = {k: _launch_setting(section, k) for k in LAUNCH_DEFAULTS}
     lora = {f"lora.{k}": v for k, v in section.lora.model_dump().items()}
-    return {**section.model_dump(exclude={"lora"}), **launch, **lora}
+    return {**section.model_dump(exclude={"lora"}), **lora}  # launch settings (processes, ...) included
 
 
 def _result_metadata(result: dict, reported: dict) -> dict:
