@@ -27,8 +27,13 @@ def _free_port() -> int:
 def ensure_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         return
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
         os.environ.setdefault(key, value)
+    # A single in-process rank gets its own rendezvous address. It is removed again after the init
+    # (it is read only there): a child process inheriting it would try to bind the port this
+    # process's store holds.
+    own_rendezvous = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     import deepspeed
     import deepspeed.ops
@@ -36,7 +41,11 @@ def ensure_distributed() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if torch.cuda.is_available():  # one GPU per rank: the launcher's LOCAL_RANK picks it
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    finally:
+        for key in own_rendezvous:
+            os.environ.pop(key, None)
 
 
 def local_device() -> torch.device:
