@@ -59,7 +59,7 @@ def _examples(settings, n: int, k: int, seed: int = 0):
     import polars as pl
 
     from unime_assets.models.encoding import Item
-    from unime_assets.training.loops import EmbedderExample
+    from unime_assets.training.embedder import EmbedderExample
 
     cols = ["qry", "qry_image_path", "pos_text", "pos_image_path"]
     frames = [pl.read_parquet(p).select(cols) for p in sorted(Path(settings.train_root).glob("*/*.parquet"))]
@@ -78,8 +78,8 @@ def _examples(settings, n: int, k: int, seed: int = 0):
 
 def worker(home: Path, batch: int, chunk: int, k: int) -> dict:
     from unime_assets.config import load_settings
+    from unime_assets.training.embedder import train_embedder
     from unime_assets.training.engine import EngineConfig
-    from unime_assets.training.loops import train_embedder
 
     settings = load_settings(home / "settings.yaml")
     examples = _examples(settings, batch, k)

@@ -26,8 +26,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from unime_assets.embedded import TOKENIZER_PHRASES, tokenizer_corpus  # noqa: E402
-from unime_assets.judge_engine import PrefixSharedJudge  # noqa: E402
-from unime_assets.judging import PAIRWISE_PROMPT, score_pairs, score_pairs_plain  # noqa: E402
+from unime_assets.judging import (  # noqa: E402
+    PAIRWISE_PROMPT,
+    PrefixSharedJudge,  # noqa: E402
+    score_pairs,
+    score_pairs_plain,
+)
 from unime_assets.models.encoding import ImageLoader, Item  # noqa: E402
 from unime_assets.models.loading import load_model  # noqa: E402
 from unime_assets.models.tiny import build_tiny_checkpoint, build_tokenizer  # noqa: E402

@@ -2,7 +2,7 @@
 # The shared MLflow tracking server and model registry on PostgreSQL, artifacts on a file system every
 # run sees or an object store. Run it on the host/pod that serves MLflow; point the pipeline at it with
 # MLFLOW_TRACKING_URI=http://<host>:5000 (or give the pipeline the database URI directly, as
-# tests/test_postgres.py does, and keep the server for the UI only).
+# tests/defs/test_postgres.py does, and keep the server for the UI only).
 #
 #   MLFLOW_DB_URL=postgresql+psycopg2://mlflow:***@db:5432/mlflow \
 #   MLFLOW_ARTIFACTS=/mnt/unime/mlflow-artifacts   # or s3://bucket/mlflow (needs boto3 + AWS credentials)

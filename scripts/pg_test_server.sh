@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL server for tests (tests/test_postgres.py), bound to 127.0.0.1 only.
+# A throwaway PostgreSQL server for tests (tests/defs/test_postgres.py), bound to 127.0.0.1 only.
 #
 #   scripts/pg_test_server.sh start [DIR] [PORT]   # prints the URL to export as UNIME_TEST_POSTGRES_URL
 #   scripts/pg_test_server.sh stop  [DIR]

@@ -54,7 +54,7 @@ class RetrievalSettings(Strict):
 
 class JudgeSettings(Strict):
     batch_size: int = Field(32, ge=1)  # candidate suffixes (or pairs without prefix sharing) per forward pass
-    backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU only, optional install, see judging_vllm.py
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU only, optional install, see judging/vllm_backend.py
     share_prefix: bool = True  # hf: one KV-cached prefix pass per query, each image encoded once
     shard_queries: int = Field(1000, ge=1)  # queries per resumable shard
     image_cache_mb: int = Field(2048, ge=0)  # hf: vision-tower features kept per image path (LRU)
@@ -64,7 +64,7 @@ class JudgeSettings(Strict):
     vllm_max_num_seqs: int | None = None
 
     def vllm_options(self) -> dict:
-        """Keyword arguments for judging_vllm.VllmJudge (None values left to vLLM's defaults)."""
+        """Keyword arguments for judging.vllm_backend.VllmJudge (None values left to vLLM's defaults)."""
         opts = {"gpu_memory_utilization": self.vllm_gpu_memory_utilization,
                 "tensor_parallel_size": self.vllm_tensor_parallel_size,
                 "max_model_len": self.vllm_max_model_len, "max_num_seqs": self.vllm_max_num_seqs}  # fmt: skip

@@ -45,10 +45,10 @@ from typing import Any
 
 import polars as pl
 
+from unime_assets.data.candidates import build_candidate_table, candidate_key
 from unime_assets.data.errors import DataValidationError
 from unime_assets.data.mmeb import pair_id
 from unime_assets.io import atomic_path
-from unime_assets.retrieval import build_candidate_table, candidate_key
 
 __all__ = ["FIELDS", "PipelineTables", "from_pipeline_tables", "read", "to_pipeline_tables", "write"]
 
@@ -64,7 +64,7 @@ FIELDS: dict[str, pl.DataType] = {
 _STR_FIELDS = ("query_text", "query_image", "pos_text", "pos_image")
 STRATEGY = "official_import"
 _SUBSET_RE = re.compile(r"^images/([^/]+)/")
-# mining.mine_table's columns and dtypes (tests/test_unime_scores.py compares the two)
+# mining.table.mine_table's columns and dtypes (tests/data/test_unime_scores.py compares the two)
 MINED_SCHEMA: dict[str, pl.DataType] = {
     "pair_id": pl.String(),
     "neg_cand_ids": pl.List(pl.Int64()),

@@ -312,14 +312,8 @@ def _finish(
 # ----------------------------------------------------------------------------- train
 
 
-def validate_train(
-    df: pl.DataFrame,
-    image_root: str | os.PathLike | None,
-    *,
-    policy: Policy = "fail",
-    check_images: ImageCheck = "exists",
-    keep_provenance: bool = False,
-) -> ValidationResult:
+def validate_train(df: pl.DataFrame, image_root: str | os.PathLike | None, *, policy: Policy = "fail",
+                   check_images: ImageCheck = "exists", keep_provenance: bool = False) -> ValidationResult:  # fmt: skip
     """Validate an MMEB-train table (`read_train_subset` / `load_train` output; see the module docstring).
 
     policy "fail" raises DataValidationError naming file, row and field of the first finding and the
@@ -368,14 +362,8 @@ def _root(image_root: str | os.PathLike | None) -> str | os.PathLike:
 # ----------------------------------------------------------------------------- eval
 
 
-def validate_eval(
-    df: pl.DataFrame,
-    image_root: str | os.PathLike | None,
-    *,
-    policy: Policy = "fail",
-    check_images: ImageCheck = "exists",
-    keep_provenance: bool = False,
-) -> ValidationResult:
+def validate_eval(df: pl.DataFrame, image_root: str | os.PathLike | None, *, policy: Policy = "fail",
+                  check_images: ImageCheck = "exists", keep_provenance: bool = False) -> ValidationResult:  # fmt: skip
     """Validate an MMEB-eval table (`load_eval(..., strict=False)` output; see the module docstring).
 
     Quarantining eval rows changes a subset's denominator, so published numbers stop being

@@ -1,1 +1,8 @@
-"""Dagster layer: assets, resources, checks, IO. Thin: every method step lives outside this package."""
+"""The Dagster layer, and the only package that imports Dagster: assets, checks, resources, jobs.
+
+Modules: `assets/` (one module per stage: data, models, mining (stages 1-3), training (4-5),
+evaluation (6)), `checks` (asset checks), `partitions` (one partition per MMEB subset),
+`resources` (settings and MLflow), `io_managers` (polars tables as parquet), `automation` (jobs,
+schedule, sensors, declarative automation). An asset reads its inputs, calls the method packages,
+writes its output, logs to MLflow and returns metadata.
+"""

@@ -24,7 +24,6 @@ decision (docs/operating.md).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Iterable
@@ -34,6 +33,7 @@ import dagster as dg
 
 from unime_assets.defs.partitions import TRAIN_SUBSETS
 from unime_assets.defs.resources import MlflowResource, SettingsResource
+from unime_assets.fingerprints import files_stat_fingerprint
 
 EMBEDDER_MODEL = "unime-v2-embedder"  # the registered name of embedder_checkpoint (defs/assets/training.py)
 
@@ -104,15 +104,6 @@ def source_files(train_root: str | os.PathLike, subset: str, split: str = "origi
     return sorted(p for p in folder.glob(f"{split}-*.parquet") if p.is_file())
 
 
-def source_fingerprint(files: Iterable[Path]) -> str:
-    """Name, size and mtime of each file, hashed: changes when a file is added, removed or rewritten."""
-    h = hashlib.sha256()
-    for p in sorted(files):
-        st = p.stat()
-        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
 def _latest_train_record(instance: dg.DagsterInstance, subset: str):
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("mmeb_train"), asset_partitions=[subset]), limit=1
@@ -144,7 +135,7 @@ def changed_train_partitions(
         files = source_files(train_root, subset, split)
         if not files:
             continue  # nothing to read: mmeb_train would fail; validation reports it elsewhere
-        fp = source_fingerprint(files)
+        fp = files_stat_fingerprint(files)
         record = _latest_train_record(instance, subset)
         if record is None:
             out.append((subset, fp, "new"))

@@ -1,1 +1,7 @@
-"""Backbones: loading real checkpoints, building tiny ones, processors, last-token embeddings."""
+"""The MLLM backbones: loading local checkpoints, building tiny ones, processors, and embedding.
+
+Modules: `loading` (`load_model`: a local checkpoint through transformers' generic image-text-to-text
+class, device and dtype picked for the machine), `processors` (torchvision-free Qwen processors),
+`encoding` (`Item`, the last-token L2-normalised embedding, batched encoding), `tiny` (the embedded
+default's tiny Qwen2-VL / Qwen2.5-VL checkpoints and tokenizer).
+"""

@@ -9,7 +9,7 @@ import polars as pl
 from unime_assets.judging import item_content, pairwise_messages, strip_placeholder
 from unime_assets.models.encoding import Item
 from unime_assets.reranking import SFTExample, reranker_examples
-from unime_assets.training.loops import EmbedderExample
+from unime_assets.training.embedder import EmbedderExample
 
 TRAINING_SET_SCHEMA = {
     "pair_id": pl.String, "subset": pl.String, "qry": pl.String, "qry_image_path": pl.String,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -159,7 +158,9 @@ def _pipes(rank: int) -> Iterator[Any]:
 
 def _data_hash(df) -> str:
     # Content hash of the training rows (order included): a resumed run must train on the same data.
-    return hashlib.sha256(df.hash_rows(seed=0).to_numpy().tobytes()).hexdigest()[:16]
+    from unime_assets.fingerprints import hash_fields
+
+    return hash_fields("training-data", df.hash_rows(seed=0).to_numpy().tobytes())[:16]
 
 
 def _step_logger(spec: TrainSpec, pipes):
@@ -187,8 +188,10 @@ def run_spec(spec: TrainSpec, pipes=None):
 
     from unime_assets.config import LoraConfig
     from unime_assets.training.data import embedder_examples, reranker_sft_examples
+    from unime_assets.training.embedder import train_embedder
     from unime_assets.training.engine import EngineConfig, ensure_distributed, world_size
-    from unime_assets.training.loops import CheckpointPolicy, train_embedder, train_sft
+    from unime_assets.training.loop import CheckpointPolicy
+    from unime_assets.training.sft import train_sft
 
     ensure_distributed()
     world = world_size()

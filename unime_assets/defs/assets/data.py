@@ -6,7 +6,7 @@ import polars as pl
 from unime_assets.data.mmeb import load_eval, load_train
 from unime_assets.data.validation import ValidationResult, validate_eval, validate_train
 from unime_assets.defs.assets._common import run_metadata
-from unime_assets.defs.automation import source_files, source_fingerprint
+from unime_assets.defs.automation import source_files
 from unime_assets.defs.partitions import (
     check_partition,
     eval_partitions,
@@ -14,6 +14,7 @@ from unime_assets.defs.partitions import (
     train_partitions,
 )
 from unime_assets.defs.resources import MlflowResource, SettingsResource
+from unime_assets.fingerprints import files_stat_fingerprint
 from unime_assets.io import write_parquet
 
 
@@ -41,7 +42,7 @@ def mmeb_train(context: dg.AssetExecutionContext, settings: SettingsResource, ml
         )
     context.log.info(f"{subset}: {df.height} training pairs, {res.counts.get('quarantined', 0)} quarantined")
     # What the nightly schedule compares to notice changed source files (defs/automation.py).
-    fingerprint = source_fingerprint(source_files(s.train_root, subset, s.train_split))
+    fingerprint = files_stat_fingerprint(source_files(s.train_root, subset, s.train_split))
     return dg.Output(df, metadata={"rows": df.height, "source_fingerprint": fingerprint, **info, **meta,
                                    **run_metadata(run)})  # fmt: skip
 

@@ -4,11 +4,11 @@ zero-shot sets, and the `champion` promotion of the evaluated embedder."""
 import dagster as dg
 import polars as pl
 
-from unime_assets import plots
 from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
 from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.evaluation import AGGREGATE_KEYS as AGG_KEYS
+from unime_assets.tracking import plots
 
 EMBEDDER_MODEL = "unime-v2-embedder"  # the registry name defs/assets/training.py registers under
 CHAMPION_CHECK = "champion_comparison"
@@ -24,7 +24,7 @@ def _slug(label: str) -> str:
 def _embedder_version(context: dg.AssetExecutionContext, tracking_uri: str) -> str | None:
     """The registry version of the on-disk embedder checkpoint: the one the latest embedder_checkpoint
     materialization registered, else the `candidate` alias."""
-    from unime_assets.promotion import CANDIDATE, alias_version
+    from unime_assets.evaluation.promotion import CANDIDATE, alias_version
 
     event = context.instance.get_latest_materialization_event(dg.AssetKey("embedder_checkpoint"))
     meta = event.asset_materialization.metadata if event is not None and event.asset_materialization else {}
@@ -38,7 +38,7 @@ def _embedder_under_test(context: dg.AssetExecutionContext, s, tracking_uri: str
     """(checkpoint path, registry version) of the embedder to evaluate: the version a run was launched
     for (sensor tag), downloaded from the registry unless it is the checkpoint on disk; else the
     checkpoint on disk and its version."""
-    from unime_assets.promotion import download_checkpoint
+    from unime_assets.evaluation.promotion import download_checkpoint
 
     on_disk = s.asset_dir("embedder_checkpoint")
     disk_version = _embedder_version(context, tracking_uri)
@@ -64,8 +64,17 @@ def _embedder_under_test(context: dg.AssetExecutionContext, s, tracking_uri: str
 def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataFrame], settings: SettingsResource,
                 mlflow: MlflowResource):  # fmt: skip
     from unime_assets.evaluation import aggregate
-    from unime_assets.io import write_parquet
-    from unime_assets.mmeb_runner import (
+    from unime_assets.evaluation.published import published_for
+    from unime_assets.evaluation.report import (
+        aggregate_markdown,
+        per_dataset_markdown,
+        report_table,
+        sources_markdown,
+        zeroshot_markdown,
+        zeroshot_summary,
+        zeroshot_table,
+    )
+    from unime_assets.evaluation.runner import (
         EncodeStats,
         ModelHandle,
         evaluate_model,
@@ -75,17 +84,9 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         save_rerank,
         subset_fingerprint,
     )
+    from unime_assets.fingerprints import ImageDigests
+    from unime_assets.io import write_parquet
     from unime_assets.models.encoding import ImageLoader
-    from unime_assets.published import published_for
-    from unime_assets.reporting import (
-        aggregate_markdown,
-        per_dataset_markdown,
-        report_table,
-        sources_markdown,
-        zeroshot_markdown,
-        zeroshot_summary,
-        zeroshot_table,
-    )
     from unime_assets.reranking import MaxPixels
 
     s = settings.get()
@@ -100,6 +101,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     eval_df = concat_partitions(mmeb_eval)
     info = s.eval_catalog
     cache_dir = s.asset_dir("embedding_cache")
+    digests = ImageDigests(s.eval_image_root, cache_dir / "image-digests.parquet")
     embedder_path, embedder_version = _embedder_under_test(context, s, mlflow.uri())
     models = {
         "retriever": s.retriever_path,
@@ -132,7 +134,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         rerank_dir = s.asset_dir("rerank_cache")
         per_model[label] = {}
         for (name,), rows in eval_df.group_by("subset", maintain_order=True):
-            key = rerank_cache_key(reranker, embedder, subset_fingerprint(rows, ev.image_size),
+            key = rerank_cache_key(reranker, embedder, subset_fingerprint(rows, ev.image_size, digests),
                                    image_size=ev.image_size, mode=mode, top_k=ev.rerank_top_k,
                                    max_pixels=max_pixels, max_new_tokens=max_new_tokens)  # fmt: skip
             outcome = load_rerank(rerank_dir, key)
@@ -158,7 +160,8 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     per_dataset_md = per_dataset_markdown(per_model, info, published)
     agg_md = aggregate_markdown(per_model, info, published, n_configured=len(s.eval_subset_names))
     sources_md = sources_markdown(published)
-    fingerprints = {n: subset_fingerprint(rows, ev.image_size) for n, rows in mmeb_eval.items()}
+    fingerprints = {n: subset_fingerprint(rows, ev.image_size, digests) for n, rows in mmeb_eval.items()}
+    digests.save()
     with mlflow.run(context) as run:
         run.log_params({"embedder": embedder_path, "embedder_version": embedder_version or "",
                         "image_size": ev.image_size, "rerank": ev.rerank, "rerank_mode": mode,
@@ -210,7 +213,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
 def _zeroshot(context, s, embedder, roots: dict[str, str], cache_dir) -> dict[str, dict[str, float]]:
     """The configured zero-shot sets, evaluated with the trained embedder."""
     from unime_assets.data.zeroshot import COMPOSITION_SETS, read_zeroshot
-    from unime_assets.mmeb_runner import evaluate_composition_set, evaluate_retrieval_set
+    from unime_assets.evaluation.runner import evaluate_composition_set, evaluate_retrieval_set
 
     out = {}
     ev = s.evaluation
@@ -227,18 +230,8 @@ def _zeroshot(context, s, embedder, roots: dict[str, str], cache_dir) -> dict[st
 def _promote(context, s, tracking_uri: str, version: str | None, scores: dict[str, float],
              fingerprints: dict[str, str], eval_df, cache_dir, run) -> dict:  # fmt: skip
     """Compare with `champion`, record the scores on the version, move the alias when it wins."""
-    from unime_assets.mmeb_runner import ModelHandle, evaluate_model
-    from unime_assets.promotion import (
-        CHAMPION,
-        SCORES_TAG,
-        EvalRecord,
-        alias_version,
-        comparable_scores,
-        decide_promotion,
-        download_checkpoint,
-        record_evaluation,
-        set_champion,
-    )
+    from unime_assets.evaluation import promotion
+    from unime_assets.evaluation.runner import ModelHandle, evaluate_model
 
     required = s.eval_subset_names
     if version is None:
@@ -247,35 +240,35 @@ def _promote(context, s, tracking_uri: str, version: str | None, scores: dict[st
             "promote": False,
             "reason": f"no registered {EMBEDDER_MODEL} version to promote",
         }
-    champ = alias_version(tracking_uri, EMBEDDER_MODEL, CHAMPION)
+    champ = promotion.alias_version(tracking_uri, EMBEDDER_MODEL, promotion.CHAMPION)
     champion = None
     if champ is not None:
-        champ_scores = comparable_scores(champ.tags.get(SCORES_TAG), fingerprints)
+        champ_scores = promotion.comparable_scores(champ.tags.get(promotion.SCORES_TAG), fingerprints)
         missing = [n for n in scores if n not in champ_scores]
         complete = set(required) <= set(scores)
         # Re-evaluate the champion only where it lacks scores on these rows, and only when the
         # comparison can lead to a promotion (a partial evaluation never does).
         if missing and complete and str(champ.version) != version:
             context.log.info(f"evaluating champion version {champ.version} on {missing}")
-            ckpt = download_checkpoint(
+            ckpt = promotion.download_checkpoint(
                 tracking_uri, EMBEDDER_MODEL, str(champ.version), s.asset_dir("registry_models")
             )
             res = evaluate_model(ModelHandle(ckpt, role="champion"), eval_df.filter(pl.col("subset").is_in(missing)),
                                  s.eval_image_root, image_size=s.evaluation.image_size,
                                  batch_size=s.evaluation.batch_size, cache_dir=cache_dir)  # fmt: skip
             new = {n: r.precision_at_1 for n, r in res.items()}
-            record_evaluation(tracking_uri, EMBEDDER_MODEL, str(champ.version), new, fingerprints)
+            promotion.record_evaluation(tracking_uri, EMBEDDER_MODEL, str(champ.version), new, fingerprints)
             champ_scores.update(new)
-        champion = EvalRecord(str(champ.version), champ_scores)
+        champion = promotion.EvalRecord(str(champ.version), champ_scores)
     min_gain = s.evaluation.promote_min_gain
-    decision = decide_promotion(EvalRecord(version, scores), champion, required, min_gain=min_gain)
-    record_evaluation(tracking_uri, EMBEDDER_MODEL, version, scores, fingerprints, extra={
+    decision = promotion.decide_promotion(promotion.EvalRecord(version, scores), champion, required, min_gain=min_gain)
+    promotion.record_evaluation(tracking_uri, EMBEDDER_MODEL, version, scores, fingerprints, extra={
         "mmeb.promotion": ("promoted: " if decision.promote else "kept: ") + decision.reason,
         "mmeb.complete": str(decision.candidate_score is not None), "mmeb.report_run_id": run.run_id,
         "mmeb.compared_to": decision.champion_version or ""})  # fmt: skip
     if decision.promote:
-        set_champion(tracking_uri, EMBEDDER_MODEL, version)
-        context.log.info(f"{EMBEDDER_MODEL} version {version} is now `{CHAMPION}`: {decision.reason}")
+        promotion.set_champion(tracking_uri, EMBEDDER_MODEL, version)
+        context.log.info(f"{EMBEDDER_MODEL} version {version} is now `{promotion.CHAMPION}`: {decision.reason}")
     run.log_params({"promotion.promote": decision.promote, "promotion.reason": decision.reason,
                     "promotion.candidate_version": version,
                     "promotion.champion_version": decision.champion_version or ""})  # fmt: skip

@@ -5,11 +5,11 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from unime_assets import plots
 from unime_assets.defs.assets._common import markdown_table, run_metadata, upstream_run_ids
 from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.partitions import check_partition, train_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
+from unime_assets.tracking import plots
 
 
 @dg.asset(group_name="mining", kinds={"faiss", "polars"}, deps=["retriever_model"],

@@ -5,11 +5,11 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from unime_assets import plots
 from unime_assets.defs.assets._common import markdown_table, run_metadata, step_logger
 from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.models.loading import check_checkpoint_dir
+from unime_assets.tracking import plots
 
 
 def _checkpoint_metadata(path) -> dict:
@@ -28,8 +28,8 @@ def _checkpoint_metadata(path) -> dict:
 def retriever_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.DataFrame],
                     settings: SettingsResource, mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.training.data import retriever_pairs
+    from unime_assets.training.embedder import train_retriever_infonce
     from unime_assets.training.engine import EngineConfig
-    from unime_assets.training.loops import train_retriever_infonce
 
     s = settings.get()
     train = concat_partitions(mmeb_train)
@@ -66,7 +66,7 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Data
     from unime_assets.models.loading import load_model
     from unime_assets.training.data import judge_bootstrap_examples
     from unime_assets.training.engine import EngineConfig
-    from unime_assets.training.loops import train_sft
+    from unime_assets.training.sft import train_sft
 
     s = settings.get()
     train, evals = concat_partitions(mmeb_train), concat_partitions(mmeb_eval)

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from unime_assets import plots
 from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
 from unime_assets.defs.resources import MlflowResource, SettingsResource
+from unime_assets.tracking import plots
 
 EMBEDDER_MODEL = "unime-v2-embedder"
 RERANKER_MODEL = "unime-v2-reranker"
@@ -84,7 +84,7 @@ def _train_out_of_process(
     """Write spec + data, run the launcher through Pipes; returns (train_result.json, Pipes metadata)."""
     from unime_assets.io import write_parquet
     from unime_assets.training.launch import TrainSpec, default_processes, launch_command, launch_env
-    from unime_assets.training.loops import read_result
+    from unime_assets.training.loop import read_result
 
     asset = context.asset_key.to_user_string()
     launch_dir = s.artifacts_root / "launch" / asset
@@ -134,7 +134,7 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
                         mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.models.loading import check_checkpoint_dir
     from unime_assets.models.processors import text_config
-    from unime_assets.models.pyfunc import EmbedderPyfunc
+    from unime_assets.training.pyfunc import EmbedderPyfunc
 
     s = settings.get()
     e = s.embedder
@@ -172,7 +172,7 @@ def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
                         settings: SettingsResource,
                         mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.models.loading import check_checkpoint_dir
-    from unime_assets.models.pyfunc import RerankerPyfunc
+    from unime_assets.training.pyfunc import RerankerPyfunc
 
     s = settings.get()
     r = s.reranker

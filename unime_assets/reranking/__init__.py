@@ -1,0 +1,40 @@
+"""Stage 5 of UniME-V2: the reranker (Qwen2.5-VL), trained by pairwise + listwise SFT.
+
+Per query three SFT sequences: (query, positive) → "Yes", (query, first hard negative) → "No",
+and the positive among five hard negatives → "Ans: (i)". At evaluation the embedder's top-10 is
+reordered listwise (greedy answer, first "(n)") or pairwise (each candidate by P(Yes)).
+
+Modules: `prompts` (listwise prompt and messages), `sft` (training examples and label masks),
+`rerank` (reranking at evaluation, the image budget).
+
+Public functions: `reranker_examples`, `sft_batch`, `sft_text`, `listwise_messages`,
+`listwise_answer`, `rerank_listwise`, `rerank_pairwise`.
+"""
+
+from unime_assets.reranking.prompts import (
+    LISTWISE_PROMPT,
+    N_LISTWISE,
+    RERANK_MODES,
+    images_of,
+    listwise_answer,
+    listwise_messages,
+)
+from unime_assets.reranking.rerank import RERANK_MAX_PIXELS, MaxPixels, rerank_listwise, rerank_pairwise
+from unime_assets.reranking.sft import SFTExample, reranker_examples, sft_batch, sft_text
+
+__all__ = [
+    "LISTWISE_PROMPT",
+    "N_LISTWISE",
+    "RERANK_MAX_PIXELS",
+    "RERANK_MODES",
+    "MaxPixels",
+    "SFTExample",
+    "images_of",
+    "listwise_answer",
+    "listwise_messages",
+    "rerank_listwise",
+    "rerank_pairwise",
+    "reranker_examples",
+    "sft_batch",
+    "sft_text",
+]

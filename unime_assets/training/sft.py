@@ -1,0 +1,42 @@
+"""Chat SFT with the loss on assistant tokens only (stage 5): the reranker, and the tiny judge's bootstrap."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from unime_assets.config import LoraConfig
+from unime_assets.reranking.sft import SFTExample, sft_batch
+from unime_assets.training.engine import EngineConfig, all_reduce_mean
+from unime_assets.training.loop import CheckpointPolicy, StepLogger, TrainResult, prepare, train_and_export
+
+
+def train_sft(
+    base_path: str | Path,
+    examples: Sequence[SFTExample],
+    image_root: str | Path,
+    out_dir: str | Path,
+    engine_cfg: EngineConfig,
+    *,
+    role: str,
+    lora: LoraConfig | None = None,
+    seed: int = 0,
+    log: StepLogger | None = None,
+    checkpoint: CheckpointPolicy | None = None,
+) -> TrainResult:
+    """Chat SFT with the loss on assistant tokens only: the reranker, and the tiny judge's bootstrap.
+
+    Under several ranks each rank's loss is its own micro-batch's token mean (DeepSpeed averages
+    the gradients); the logged loss is the mean over ranks."""
+    if not examples:
+        raise ValueError(f"train_sft ({role}): no examples")
+    t = prepare(base_path, role, engine_cfg, image_root, seed=seed, lora=lora)
+
+    def micro_step(ids: list[int]) -> tuple[float, dict[str, float]]:
+        batch = sft_batch(t.lm.processor, [examples[i] for i in ids], t.images).to(t.device)
+        loss = t.engine(**batch, use_cache=False).loss
+        t.backward(loss / engine_cfg.grad_accum)
+        return all_reduce_mean(float(loss.detach())), {}
+
+    return train_and_export(t, engine_cfg, len(examples), micro_step, out_dir, desc=role, seed=seed, log=log,
+                            lora=lora, checkpoint=checkpoint, identity={"task": role, "base": str(base_path)})
