@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_prefix_shared import SIZES, mixed_groups  # same folder (rootdir import mode)
 
 from unime_assets.judging import BatchedPairsJudge, PrefixSharedJudge, make_engine, score_pairs_plain
 from unime_assets.judging.prompt import yes_no_token_ids
 from unime_assets.models.encoding import ImageLoader, Item
 from unime_assets.models.families import FAMILIES, family_of, get_family
 from unime_assets.models.loading import load_model
-
-from test_prefix_shared import SIZES, mixed_groups  # same folder (rootdir import mode)
 
 
 @pytest.fixture(scope="module")
