@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_prefix_shared import SIZES, mixed_groups  # same folder (rootdir import mode)
+from judge_cases import mixed_groups, write_images
 
 from unime_assets.judging import BatchedPairsJudge, PrefixSharedJudge, make_engine, score_pairs_plain
 from unime_assets.judging.prompt import yes_no_token_ids
@@ -16,13 +16,7 @@ from unime_assets.models.loading import load_model
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> ImageLoader:
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("family_images")
-    rng = np.random.default_rng(1)
-    for name, (w, h) in SIZES.items():
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name)
-    return ImageLoader(root)
+    return write_images(tmp_path_factory.mktemp("family_images"), seed=1)
 
 
 @pytest.mark.parametrize("judge_fixture", ["tiny_qwen25vl", "tiny_internvl"])

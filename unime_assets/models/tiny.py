@@ -155,10 +155,11 @@ def build_tiny_checkpoint(
     seed: int = 0,
 ) -> Path:
     """Write a random-init checkpoint (safetensors + processor) that `from_pretrained` loads back."""
-    if family == "internvl":
-        return build_tiny_internvl(out_dir, tokenizer, hidden=hidden, layers=layers, heads=heads,
-                                   kv_heads=kv_heads, vis_embed=vis_embed, vis_depth=vis_depth,
-                                   init_std=init_std, seed=seed)  # fmt: skip
+    if family == "internvl":  # InternVL3: its own tokens, template, vision tower and image processor
+        torch.manual_seed(seed)
+        config, processor = _internvl_parts(tokenizer, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
+                                            vis_embed=vis_embed, vis_depth=vis_depth)  # fmt: skip
+        return _write_checkpoint(out_dir, InternVLForConditionalGeneration, config, processor, init_std)
     if family == "qwen2_vl":
         cfg_cls, model_cls, proc_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, ImageOnlyQwen2VLProcessor
     elif family == "qwen2_5_vl":
@@ -170,14 +171,19 @@ def build_tiny_checkpoint(
     torch.manual_seed(seed)
     config = _config(cfg_cls, tokenizer, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
                      vis_embed=vis_embed, vis_depth=vis_depth)  # fmt: skip
-    config.initializer_range = init_std
-    model = model_cls(config)
-    _reinit(model, init_std)
     processor = proc_cls(
         image_processor=Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
+    return _write_checkpoint(out_dir, model_cls, config, processor, init_std)
+
+
+def _write_checkpoint(out_dir: str | Path, model_cls, config, processor, init_std: float) -> Path:
+    """Instantiate with weights drawn at `init_std` and save model + processor atomically."""
+    config.initializer_range = init_std
+    model = model_cls(config)
+    _reinit(model, init_std)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -204,29 +210,14 @@ def family_tokenizer(base: PreTrainedTokenizerFast, family: str) -> PreTrainedTo
     )
 
 
-def build_tiny_internvl(
-    out_dir: str | Path,
-    base_tokenizer: PreTrainedTokenizerFast,
-    *,
-    hidden: int = 128,
-    layers: int = 4,
-    heads: int = 4,
-    kv_heads: int = 2,
-    vis_embed: int = 64,
-    vis_depth: int = 2,
-    tile: int = 56,
-    max_tiles: int = 2,
-    init_std: float = 0.1,
-    seed: int = 0,
-) -> Path:
-    """A random-init InternVL3-architecture checkpoint (InternViT-style tower, pixel-shuffle MLP
-    projector, Qwen2 language model), transformers-native, with the GotOcr2 PIL image processor.
-
-    Images are cut into at most `max_tiles` tiles of `tile` pixels plus a thumbnail, as InternVL3
-    does at 448; each tile is (tile/14)^2 / 4 = 4 image tokens, the tiny Qwen's order of magnitude.
+def _internvl_parts(base_tokenizer: PreTrainedTokenizerFast, *, hidden: int, layers: int, heads: int,
+                    kv_heads: int, vis_embed: int, vis_depth: int, tile: int = 56, max_tiles: int = 2):  # fmt: skip
+    """Config and processor of a tiny InternVL3-architecture checkpoint (InternViT-style tower,
+    pixel-shuffle MLP projector, Qwen2 language model; transformers-native) with the GotOcr2 PIL
+    image processor. Images are cut into at most `max_tiles` tiles of `tile` pixels plus a thumbnail,
+    as InternVL3 does at 448; a tile is (tile/14)^2 / 4 = 4 image tokens, the tiny Qwen's order of size.
     """
     tok = family_tokenizer(base_tokenizer, "internvl")
-    torch.manual_seed(seed)
     patch = 14
     text_config = dict(
         model_type="qwen2", vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
@@ -238,16 +229,9 @@ def build_tiny_internvl(
                          intermediate_size=vis_embed * 2, image_size=[tile, tile], patch_size=[patch, patch])  # fmt: skip
     config = InternVLConfig(text_config=text_config, vision_config=vision_config, downsample_ratio=0.5,
                             image_token_id=tok.context_image_token_id, tie_word_embeddings=True)  # fmt: skip
-    config.initializer_range = init_std
-    model = InternVLForConditionalGeneration(config)
-    _reinit(model, init_std)
     image_processor = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
                                                min_patches=1, max_patches=max_tiles)  # fmt: skip
     processor = ImageOnlyInternVLProcessor(image_processor=image_processor, tokenizer=tok,
                                            image_seq_length=(tile // patch) ** 2 // 4,
                                            chat_template=tok.chat_template)  # fmt: skip
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-    return out_dir
+    return config, processor
