@@ -73,6 +73,11 @@ def test_a_named_list_of_judges_and_the_single_judge_of_older_profiles(tmp_path)
     boot = _judges(tmp_path, [{"name": "a", "path": "/base"}], bootstrap={"enabled": True})
     assert boot.judge_checkpoint("a") == boot.artifacts_root / "judge_model" / "a"
     assert _judges(tmp_path, [{"name": "a"}, {"name": "b"}], mining={"judge": "ensemble"}).mining_judge == "ensemble"
+    # the ablation variants of the judge comparison, as settings overrides that load
+    variants = s.judge_variants()
+    assert list(variants) == ["judge:qwen25vl", "judge:internvl3_8b", "judge:ensemble"]
+    path = _write(tmp_path, s.model_dump(mode="json"))
+    assert [load_settings(path, o).mining_judge for o in variants.values()] == ["qwen25vl", "internvl3_8b", "ensemble"]
 
 
 @pytest.mark.parametrize(("judges", "extra", "message"), [

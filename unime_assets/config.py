@@ -299,6 +299,11 @@ class Settings(Strict):
         """Whose scores mining reads: a judge's name or "ensemble" (default: the first judge)."""
         return self.mining.judge or self.judges[0].name
 
+    def judge_variants(self) -> dict[str, dict]:
+        """The judge comparison (paper Table 5) as ablation variants: `judge:<name>` for every judge and
+        `judge:ensemble`, each the settings overrides that train the embedder on those scores."""
+        return {f"judge:{n}": {"mining": {"judge": n}} for n in [*self.judge_names, ENSEMBLE]}
+
     def judge_spec(self, name: str) -> JudgeSpec:
         for j in self.judges:
             if j.name == name:
