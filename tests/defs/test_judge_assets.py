@@ -55,7 +55,8 @@ def env(tmp_path_factory):
     raw = yaml.safe_load(settings.read_text())
     raw["artifacts_root"] = str(root / "assets")
     (root / "settings.yaml").write_text(yaml.safe_dump(raw))
-    with dg.instance_for_test() as instance:
+    (root / "dg").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "dg")) as instance:  # inside this module's tmp dir
         out = {"root": root, "instance": instance, "assets": _assets()}
         for p in TRAIN:
             _run(out, ["mmeb_train"], p)
