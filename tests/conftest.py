@@ -39,6 +39,18 @@ def tiny_qwen25vl(embedded_home) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_internvl(embedded_home, tiny_qwen25vl, tmp_path_factory) -> Path:
+    """A tiny InternVL3-architecture judge on the same BPE as the tiny Qwen models (a second family)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from unime_assets.models.tiny import build_tiny_checkpoint
+
+    tok = PreTrainedTokenizerFast.from_pretrained(tiny_qwen25vl)
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("internvl") / "tiny-internvl3", tok, family="internvl",
+                                 seed=2)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def materialized(tmp_path_factory, embedded_home) -> dict:
     """The reduced graph materialized once per session through the real CLI, in its own Dagster
     instance, MLflow store and artifacts root: two train and three eval partitions backfilled, then

@@ -7,16 +7,18 @@ import os
 import sys
 import time
 
+# Asset names; `judge_model` and `judge_scores` stand for one asset per judge (`judge_scores/<name>`).
 ASSETS = [
     "mmeb_train", "mmeb_eval", "retriever_model", "judge_model", "candidate_index", "candidate_pool",
-    "judge_scores", "mined_negatives", "training_set", "embedder_checkpoint", "reranker_checkpoint", "mmeb_report",
+    "judge_scores", "judge_ensemble", "mined_negatives", "training_set", "embedder_checkpoint",
+    "reranker_checkpoint", "mmeb_report",
 ]  # fmt: skip
 # The graph in dependency order: (partitions, assets); partitioned stages run once per partition.
 STAGES: list[tuple[str | None, list[str]]] = [
     ("train", ["mmeb_train"]),
     ("eval", ["mmeb_eval"]),
     (None, ["retriever_model", "judge_model", "candidate_index"]),
-    ("train", ["candidate_pool", "judge_scores", "mined_negatives"]),
+    ("train", ["candidate_pool", "judge_scores", "judge_ensemble", "mined_negatives"]),
     (None, ["training_set", "embedder_checkpoint", "reranker_checkpoint", "mmeb_report"]),
 ]
 SHOWN = {
@@ -27,7 +29,8 @@ SHOWN = {
     "candidate_index": ["pool_size", "encoded", "cached"],
     "candidate_pool": ["queries", "mean_candidates"],
     "judge_scores": ["pairs", "auc_pos_vs_candidates", "false_negative_rate"],
-    "mined_negatives": ["fallback_fraction", "mean_survivors"],
+    "judge_ensemble": ["judges", "rule", "fn_filter_disagreement", "spearman"],
+    "mined_negatives": ["judge", "fallback_fraction", "mean_survivors"],
     "training_set": ["queries", "source"],
     "embedder_checkpoint": ["first_loss", "final_loss", "model_uri"],
     "reranker_checkpoint": ["first_loss", "final_loss", "model_uri"],
@@ -70,6 +73,7 @@ def materialize(args: argparse.Namespace) -> int:
     if unknown := wanted - set(ASSETS):
         raise SystemExit(f"unknown asset(s) {sorted(unknown)}; expected some of {ASSETS}")
     everything = [*defs.assets, *defs.asset_checks]
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
     instance = dg.DagsterInstance.get()
     t0 = time.time()
     for kind, names in STAGES:
@@ -79,8 +83,8 @@ def materialize(args: argparse.Namespace) -> int:
         for key in parts[kind] if kind else [None]:
             label = ",".join(names) + (f" [{key}]" if key else "")
             print(f"[{time.time() - t0:6.0f}s] materializing {label}", flush=True)
-            result = dg.materialize(everything, selection=names, partition_key=key, instance=instance,
-                                    resources=defs.resources, raise_on_error=False)  # fmt: skip
+            result = dg.materialize(everything, selection=_keys_named(keys, names), partition_key=key,
+                                    instance=instance, resources=defs.resources, raise_on_error=False)  # fmt: skip
             if not result.success:
                 print(f"FAILED: {label} (run {result.run_id}); see the Dagster UI or the log above", file=sys.stderr)
                 return 1
@@ -88,23 +92,30 @@ def materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_named(keys, names: list[str]) -> list:
+    """The asset keys of `names`: `judge_scores` is every `judge_scores/<judge>`."""
+    return sorted((k for k in keys if k.path[0] in names), key=lambda k: (names.index(k.path[0]), k.path))
+
+
 def summary(args: argparse.Namespace) -> int:
     import dagster as dg
     from mlflow import MlflowClient
 
+    from unime_assets.definitions import defs
     from unime_assets.defs.resources import MlflowResource
 
     instance = dg.DagsterInstance.get()
     missing = []
     print("\nAssets in the Dagster instance at", os.environ.get("DAGSTER_HOME"))
-    for name in ASSETS:
-        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+    for key in _keys_named(defs.resolve_asset_graph().get_all_asset_keys(), ASSETS):
+        name, label = key.path[0], key.to_user_string()
+        event = instance.get_latest_materialization_event(key)
         if event is None:
-            missing.append(name)
-            print(f"  {name:22s} NOT MATERIALIZED")
+            missing.append(label)
+            print(f"  {label:22s} NOT MATERIALIZED")
             continue
         meta = event.asset_materialization.metadata
-        parts = instance.get_materialized_partitions(dg.AssetKey(name))
+        parts = instance.get_materialized_partitions(key)
         if parts:
             meta = {**meta, "partitions": dg.MetadataValue.int(len(parts))}
         shown = []
@@ -112,7 +123,7 @@ def summary(args: argparse.Namespace) -> int:
             if key in meta:
                 value = meta[key].value
                 shown.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
-        print(f"  {name:22s} run {event.run_id[:8]}  " + "  ".join(shown))
+        print(f"  {label:22s} run {event.run_id[:8]}  " + "  ".join(shown))
     uri = MlflowResource().uri()
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("unime-v2")
@@ -131,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="unime-assets", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build-default", help="write synthetic MMEB data, tiny checkpoints and settings.yaml")
-    b.add_argument("--size", default="demo", choices=["demo", "test"])
+    b.add_argument("--size", default="demo", choices=["demo", "test", "ablation"],
+                   help="ablation: the demo plus a second tiny judge of another family (InternVL3)")
     b.add_argument("--home", default=None, help="default: $UNIME_HOME/embedded")
     b.set_defaults(func=build_default)
     m = sub.add_parser("materialize", help="materialize the asset graph on the Dagster instance at $DAGSTER_HOME")

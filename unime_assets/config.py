@@ -38,6 +38,39 @@ class LoraConfig(Strict):
     )
 
 
+ENSEMBLE = "ensemble"  # mining.judge value: train on the judge ensemble
+LEGACY_JUDGE_NAME = "judge"  # the one judge of a profile that still uses the single `judge:` setting
+
+
+class JudgeSpec(Strict):
+    """One judge of the profile's `judges` list: a local checkpoint of a supported family.
+
+    With `bootstrap.enabled` (embedded default) `path` is the tiny base that `judge_model/<name>`
+    trains; otherwise it is the judge itself."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")  # asset key part: judge_scores/<name>
+    path: str | None = None
+    # config.json `model_type`; "auto": read from the checkpoint. Supported: models/families.py.
+    family: Literal["auto", "qwen2_vl", "qwen2_5_vl", "internvl"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    backend: Literal["hf", "vllm"] | None = None  # None: judging.backend
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> JudgeSpec:
+        if self.name == ENSEMBLE:
+            raise ValueError(f"judge name {ENSEMBLE!r} is reserved for the judge ensemble")
+        return self
+
+
+
+class EnsembleSettings(Strict):
+    """How `judge_ensemble` combines the judges' scores (judging/ensemble.py has each rule)."""
+
+    rule: Literal["mean_prob", "mean_logit", "rank_mean", "auc_weighted"] = "mean_prob"
+    judges: list[str] | None = None  # None: every judge of the profile
+
+
 class RetrievalSettings(Strict):
     top_k: int = Field(50, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -88,6 +121,8 @@ class MiningSettings(Strict):
     window_start: int = Field(30, ge=0)  # rank_window: B3 skips ranks < 30 ...
     window_size: int = Field(100, ge=1)  # ... and uses the next 100
     seed: int = 0
+    # Whose scores mining and training read: a judge's name, or "ensemble"; None: the first judge.
+    judge: str | None = None
 
 
 class BootstrapSettings(Strict):
@@ -203,13 +238,17 @@ class Settings(Strict):
     eval_subsets: list[str] | None = None
     max_per_subset: int | None = 50_000  # the VLM2Vec cap that gives UniME-V2's 662K pairs
     retriever: ModelSource
-    judge: ModelSource
+    # Judges: a named list (`judges`), or the single `judge` of older profiles (named "judge"). After
+    # validation `judge` mirrors the first judge, for code that reads one judge.
+    judges: list[JudgeSpec] = Field(default_factory=list)
+    judge: ModelSource | None = None
     embedder_base: ModelSource
     reranker_base: ModelSource = Field(default_factory=ModelSource)  # empty: start from the judge
     artifacts_root: Path
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     judging: JudgeSettings = Field(default_factory=JudgeSettings)
     mining: MiningSettings = Field(default_factory=MiningSettings)
+    ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings)
     bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     reranker: RerankerSettings = Field(default_factory=RerankerSettings)
@@ -225,6 +264,62 @@ class Settings(Strict):
         if self.eval_subsets is not None:
             check_subsets(self.eval_subsets, evals, f"{self.catalog} eval")
         return self
+
+    @model_validator(mode="after")
+    def _judges(self) -> Settings:
+        if not self.judges:
+            if self.judge is None:
+                raise ValueError("settings: configure `judges` (a list of named judges) or a single `judge`")
+            self.judges = [JudgeSpec(name=LEGACY_JUDGE_NAME, path=self.judge.path,
+                                     trust_remote_code=self.judge.trust_remote_code)]  # fmt: skip
+        elif self.judge is not None and self.judge.path not in (None, self.judges[0].path):
+            raise ValueError("settings: set either `judges` or the single `judge`, not both")
+        first = self.judges[0]
+        self.judge = ModelSource(path=first.path, trust_remote_code=first.trust_remote_code)
+        names = [j.name for j in self.judges]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"settings: judge name(s) {dup} appear more than once in `judges`")
+        if self.mining.judge is not None and self.mining.judge not in [*names, ENSEMBLE]:
+            raise ValueError(f"mining.judge: {self.mining.judge!r} is neither a judge of this profile {names} "
+                             f"nor {ENSEMBLE!r}")  # fmt: skip
+        if unknown := sorted(set(self.ensemble.judges or []) - set(names)):
+            raise ValueError(f"ensemble.judges: unknown judge(s) {unknown}; the profile has {names}")
+        return self
+
+    @property
+    def judge_names(self) -> list[str]:
+        return [j.name for j in self.judges]
+
+    @property
+    def ensemble_judges(self) -> list[str]:
+        return self.ensemble.judges or self.judge_names
+
+    @property
+    def mining_judge(self) -> str:
+        """Whose scores mining reads: a judge's name or "ensemble" (default: the first judge)."""
+        return self.mining.judge or self.judges[0].name
+
+    def judge_variants(self) -> dict[str, dict]:
+        """The judge comparison (paper Table 5) as ablation variants: `judge:<name>` for every judge and
+        `judge:ensemble`, each the settings overrides that train the embedder on those scores."""
+        return {f"judge:{n}": {"mining": {"judge": n}} for n in [*self.judge_names, ENSEMBLE]}
+
+    def judge_spec(self, name: str) -> JudgeSpec:
+        for j in self.judges:
+            if j.name == name:
+                return j
+        raise ValueError(f"judge {name!r} is not in the settings profile {self.profile!r} (judges: {self.judge_names}); "
+                         "the code location was loaded with another settings file: point UNIME_SETTINGS at the same file")  # fmt: skip
+
+    def judge_checkpoint(self, name: str) -> Path:
+        """Where judge `name` is: bootstrapped under the artifacts root (embedded), else its configured path."""
+        spec = self.judge_spec(name)
+        if self.bootstrap.enabled:
+            return self.asset_dir("judge_model") / name
+        if not spec.path:
+            raise ValueError(f"settings: the path of judge {name!r} (`judges[].path`, or `judge.path` for a single "
+                             "judge) is required when bootstrap is disabled")  # fmt: skip
+        return Path(spec.path)
 
     @property
     def train_subset_names(self) -> list[str]:
@@ -252,7 +347,8 @@ class Settings(Strict):
 
     @property
     def judge_path(self) -> Path:
-        return self.asset_dir("judge_model") if self.bootstrap.enabled else _required(self.judge, "judge")
+        """The first judge's checkpoint (the reranker's default base)."""
+        return self.judge_checkpoint(self.judges[0].name)
 
     @property
     def reranker_base_path(self) -> Path:

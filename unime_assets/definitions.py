@@ -8,7 +8,7 @@ import os
 import dagster as dg
 
 from unime_assets.defs import checks
-from unime_assets.defs.assets import data, evaluation, mining, models, training
+from unime_assets.defs.assets import data, evaluation, judges, mining, models, training
 from unime_assets.defs.automation import with_automation
 from unime_assets.defs.io_managers import PolarsParquetIOManager
 from unime_assets.defs.resources import MlflowResource, SettingsResource
@@ -35,7 +35,7 @@ def _executor() -> dg.ExecutorDefinition:
 def build_definitions() -> dg.Definitions:
     return with_automation(
         dg.Definitions(
-            assets=dg.load_assets_from_modules([data, models, mining, training, evaluation]),
+            assets=dg.load_assets_from_modules([data, models, judges, mining, training, evaluation]),
             asset_checks=dg.load_asset_checks_from_modules([checks]),
             resources={
                 "settings": SettingsResource(),

@@ -127,8 +127,8 @@ def test_graphql_serves_every_asset_with_lineage_partitions_and_latest_materiali
             assert set(expected) <= set(node["partitionKeys"]), name
             assert materialized_parts == set(expected), name
             assert latest[0]["partition"] in expected, name
-    assert "gpu" in nodes["judge_scores"]["pools"]
-    assert "mine" in nodes["judge_scores"]["jobNames"] and "evaluate" in nodes["mmeb_report"]["jobNames"]
+    assert "gpu" in nodes["judge_scores/qwen25vl"]["pools"]
+    assert "mine" in nodes["judge_scores/qwen25vl"]["jobNames"] and "evaluate" in nodes["mmeb_report"]["jobNames"]
 
 
 @pytest.mark.slow

@@ -7,15 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from judge_cases import SIZES, mixed_groups, write_images
 
 from unime_assets.judging import score_pairs_plain
 from unime_assets.judging.prefix_shared import PrefixSharedJudge, length_buckets, shared_prefix_len
 from unime_assets.models.encoding import ImageLoader, Item
 from unime_assets.models.loading import load_model
-
-# Different sizes give different image grids, so M-RoPE positions after each image differ.
-SIZES = {"a.png": (40, 60), "b.png": (90, 50), "c.png": (112, 112), "d.png": (30, 30), "e.png": (120, 64)}
 
 
 @pytest.fixture(scope="module")
@@ -25,37 +22,7 @@ def judge(tiny_qwen25vl):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> ImageLoader:
-    root = tmp_path_factory.mktemp("judge_images")
-    rng = np.random.default_rng(0)
-    for name, (w, h) in SIZES.items():
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name)
-    return ImageLoader(root)
-
-
-def mixed_groups() -> list[tuple[Item, list[Item]]]:
-    """Queries with and without images; candidates text-only, image-only and both, repeated images."""
-    cands = [
-        Item("a red circle"),
-        Item("<|image_1|>\nRepresent the given image.", "a.png"),
-        Item("", "b.png"),
-        Item("two blue squares on the left side of the picture", "c.png"),
-        Item(":-) punctuation first"),
-        Item("<|image_1|>\nRepresent the given image.", "d.png"),
-        Item("green", "a.png"),
-        Item("a long caption " * 6),
-    ]
-    return [
-        (
-            Item(
-                "<|image_1|>\nRepresent the given image with the following question: What color?\n", "e.png"
-            ),
-            cands,
-        ),
-        (Item("a photo of a red circle\n"), cands[::-1]),
-        (Item("<|image_1|>\nFind a similar image.", "c.png"), cands[2:7]),
-        (Item("", "d.png"), cands[:3]),
-        (Item("<|image_1|>\nA stray placeholder on a text-only query"), [cands[4], cands[1]]),
-    ]
+    return write_images(tmp_path_factory.mktemp("judge_images"))
 
 
 def test_prefix_shared_scores_equal_a_plain_forward_per_pair(judge, images):

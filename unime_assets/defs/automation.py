@@ -59,7 +59,10 @@ def _run_tags(stage: str, max_runtime_hours: float) -> dict[str, str]:
 # --- jobs ---------------------------------------------------------------------------------------
 
 INGEST_SELECTION = dg.AssetSelection.assets("mmeb_train")
-MINING_SELECTION = dg.AssetSelection.assets("candidate_pool", "judge_scores", "mined_negatives")
+# judge_scores/<name>: one asset per judge of the profile, all partitioned like the rest of the chain
+MINING_SELECTION = dg.AssetSelection.assets("candidate_pool", "judge_ensemble", "mined_negatives") | (
+    dg.AssetSelection.key_prefixes(["judge_scores"])
+)
 TRAIN_SELECTION = dg.AssetSelection.assets("training_set", "embedder_checkpoint", "reranker_checkpoint")
 EVALUATION_SELECTION = dg.AssetSelection.groups("evaluation")
 AUTOMATED_SELECTION = dg.AssetSelection.assets("candidate_index") | MINING_SELECTION
@@ -70,7 +73,8 @@ ingest_train_job = dg.define_asset_job(
 )  # fmt: skip
 mine_job = dg.define_asset_job(
     "mine", selection=MINING_SELECTION, run_tags=_run_tags("mine", 24), op_retry_policy=STEP_RETRY,
-    description="Stages 1-3 for one train subset: candidate pool, judge scores, mined negatives. Needs a "
+    description="Stages 1-3 for one train subset: candidate pool, every judge's scores, their ensemble, mined "
+    "negatives. Needs a "
     "current candidate_index; backfill chosen partitions from the UI or `dagster job backfill -j mine`.",
 )  # fmt: skip
 train_job = dg.define_asset_job(
@@ -249,7 +253,7 @@ def index_refresh_condition() -> dg.AutomationCondition:
 
 
 def mining_condition() -> dg.AutomationCondition:
-    """candidate_pool / judge_scores / mined_negatives: `eager()` (run a partition when an upstream
+    """candidate_pool / judge_scores/* / judge_ensemble / mined_negatives: `eager()` (run a partition when an upstream
     updates, never one whose upstream is missing or in progress), except that a new `mmeb_train`
     partition is not a trigger by itself: it first rebuilds candidate_index (whose cand_ids it
     renumbers), and that rebuild triggers every partition. So no partition is mined against an index
@@ -262,10 +266,12 @@ def mining_condition() -> dg.AutomationCondition:
     )  # fmt: skip
 
 
+# By the first part of the asset key: `judge_scores` covers every `judge_scores/<name>`.
 AUTOMATION_CONDITIONS = {
     "candidate_index": index_refresh_condition,
     "candidate_pool": mining_condition,
     "judge_scores": mining_condition,
+    "judge_ensemble": mining_condition,
     "mined_negatives": mining_condition,
 }
 
@@ -280,7 +286,7 @@ def with_automation(defs: dg.Definitions) -> dg.Definitions:
     """The code location's definitions plus automation conditions, jobs, the schedule and the sensors."""
 
     def add_condition(spec: dg.AssetSpec) -> dg.AssetSpec:
-        make = AUTOMATION_CONDITIONS.get(spec.key.to_user_string())
+        make = AUTOMATION_CONDITIONS.get(spec.key.path[0])
         return spec.replace_attributes(automation_condition=make()) if make else spec
 
     with warnings.catch_warnings():  # map_asset_specs is marked preview in 1.13; pinned version, tested here

@@ -69,7 +69,8 @@ def score_pairs(
         )
         for q, c in pairs
     ]
-    order = sorted(range(len(pairs)), key=lambda i: (len(prompts[i]), prompts[i].count("<|image_pad|>")))
+    # length buckets; the image count is family-neutral (placeholders differ between families)
+    order = sorted(range(len(pairs)), key=lambda i: (len(prompts[i]), bool(pairs[i][0].image) + bool(pairs[i][1].image)))
     scores = np.zeros(len(pairs), dtype=np.float64)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         idx = order[start : start + batch_size]

@@ -1,7 +1,7 @@
 """Resumable judge scoring: shards of queries written atomically, keyed by everything that sets a score.
 
-A shard's file name carries a hash of (judge checkpoint fingerprint, prompt version and text, backend
-and dtype, the shard's input content with image bytes), all by `unime_assets.fingerprints`.
+A shard's file name carries a hash of (judge checkpoint fingerprint, model family, prompt version and
+text, backend and dtype, the shard's input content with image bytes), all by `unime_assets.fingerprints`.
 A restarted run finds the shards it already wrote and skips them; a changed judge, prompt or input gives another key, so stale scores are never reused.
 """
 
@@ -34,9 +34,10 @@ def content_hash(pair_ids: Sequence[str], groups: Sequence[tuple[Item, Sequence[
     return hash_fields(*fields)
 
 
-def run_key(model_fp: str, prompt_version: str, prompt: str, engine_id: str) -> str:
-    """What every shard of one scoring configuration shares."""
-    return hash_fields("judge-run", model_fp, prompt_version, prompt, engine_id)
+def run_key(model_fp: str, prompt_version: str, prompt: str, engine_id: str, family: str) -> str:
+    """What every shard of one scoring configuration shares: the judge checkpoint, its family, the
+    prompt (version and text) and the backend with its dtype."""
+    return hash_fields("judge-run", model_fp, family, prompt_version, prompt, engine_id)
 
 
 def shard_key(run: str, content: str) -> str:

@@ -21,6 +21,18 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """A configured dtype name; "auto" is `default_dtype` of the device."""
+    if name == "auto":
+        return default_dtype(device)
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected 'auto' or one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
 def check_checkpoint_dir(path: str | os.PathLike | None, role: str) -> Path:
     """Fail early with the role in the message: a typo in a config path is the common error."""
     if not path:
@@ -53,12 +65,14 @@ def load_model(
     *,
     role: str = "model",
     device: torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
     train: bool = False,
 ) -> LoadedModel:
     p = check_checkpoint_dir(path, role)
     device = device or pick_device()
+    if isinstance(dtype, str):
+        dtype = resolve_dtype(dtype, device)
     model = AutoModelForImageTextToText.from_pretrained(
         str(p), dtype=dtype or default_dtype(device), trust_remote_code=trust_remote_code
     )

@@ -37,6 +37,25 @@ def histograms(series: Mapping[str, np.ndarray], title: str, bins: int = 30, xla
     return fig
 
 
+def scatter_pairs(values: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], title: str,
+                  max_points: int = 20_000, seed: int = 0) -> Figure:  # fmt: skip
+    """One panel per (a, b): b's scores against a's on the same entries, diagonal for reference; at
+    most `max_points` points per panel (a seeded sample), so a full-size pool stays readable."""
+    fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(3.4 * max(len(pairs), 1), 3.2), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for ax, (a, b) in zip(axes[0], pairs, strict=False):
+        x, y = np.asarray(values[a]), np.asarray(values[b])
+        if len(x) > max_points:
+            keep = rng.choice(len(x), max_points, replace=False)
+            x, y = x[keep], y[keep]
+        ax.scatter(x, y, s=4, alpha=0.3)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+        ax.set(xlabel=a, ylabel=b, xlim=(0, 1), ylim=(0, 1))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def grouped_bars(values: Mapping[str, Mapping[str, float]], title: str) -> Figure:
     """values[model][group] -> bar; one colour per model, groups on the x axis."""
     models = list(values)

@@ -21,10 +21,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 
 def upstream_run_ids(context: dg.AssetExecutionContext, names: Sequence[str]) -> dict[str, str]:
-    """Dagster run id of the latest materialization of each upstream asset, for lineage params/tags."""
+    """Dagster run id of the latest materialization of each upstream asset (`name` or `prefix/name`),
+    for lineage params/tags."""
     out = {}
     for name in names:
-        event = context.instance.get_latest_materialization_event(dg.AssetKey(name))
+        event = context.instance.get_latest_materialization_event(dg.AssetKey.from_user_string(name))
         out[f"upstream.{name}.run_id"] = event.run_id if event is not None else ""
     return out
 

@@ -23,6 +23,7 @@ import pandas as pd
 import polars as pl
 
 from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
+from unime_assets.defs.partitions import JUDGES, judge_key
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
 
@@ -164,7 +165,8 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
     })  # fmt: skip
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, deps=["judge_model"], pool="gpu",
+@dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, deps=[judge_key("judge_model", JUDGES[0])],
+          pool="gpu",
           description="UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT, loss on assistant "
           "tokens only, query and candidate texts included, positive slot uniform; same launcher as the "
           "embedder.")  # fmt: skip
@@ -179,7 +181,7 @@ def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
     base = check_checkpoint_dir(s.reranker_base_path, "reranker base")
     out = s.asset_dir("reranker_checkpoint")
     lineage = {"dagster.run_id": context.run_id, "dagster.asset_key": "reranker_checkpoint",
-               **_training_set_lineage(context), **upstream_run_ids(context, ["judge_model"])}  # fmt: skip
+               **_training_set_lineage(context), **upstream_run_ids(context, [f"judge_model/{JUDGES[0]}"])}  # fmt: skip
     with mlflow.run(context) as run:
         # Each query contributes 3 sequences (pairwise Yes, pairwise No, listwise): a batch is 3x as many.
         run.log_params({"base": base, **_settings_params(r), "queries": training_set.height,
