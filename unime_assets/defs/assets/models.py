@@ -91,7 +91,7 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Data
             run.log_params({"path": s.judge.path, "bootstrap": False})
         # Held-out check on eval rows (never trained on): (query, ground truth) vs (query, random other
         # candidate of its row). IND subsets are the trained tasks; OOD ones are reported beside them.
-        lm = load_model(s.judge_path, role="judge", trust_remote_code=s.judge.trust_remote_code)
+        lm = load_model(s.judge_path, role="judge")  # trust_remote_code as configured, like every loader
         images = ImageLoader(s.eval_image_root, s.evaluation.image_size)
         info = s.eval_catalog
         aucs, hist, n_pairs, pos_mean = {}, None, 0, float("nan")
