@@ -113,6 +113,16 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def version_tags(tracking_uri: str, name: str, version: str) -> dict[str, str]:
+    """The tags of a registered version ({} when it does not exist)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(_client(tracking_uri).get_model_version(name, str(version)).tags or {})
+    except MlflowException:
+        return {}
+
+
 def alias_version(tracking_uri: str, name: str, alias: str):
     """The ModelVersion under `alias`, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
