@@ -201,6 +201,19 @@ class ValidationSettings(Strict):
     max_text_chars: int = 16_384
 
 
+class MaintenanceSettings(Strict):
+    """Garbage collection of the artifacts (unime_assets/maintenance.py): stale judge shards, orphan
+    temporary files, cache namespaces of retrained checkpoints. `collect_garbage`: `judge_scores`
+    removes its partition's stale shards and `candidate_index` the rest after each success
+    (`unime-assets recover` does the same by hand)."""
+
+    ranges = {"tmp_age_hours": ((">", 0),), "cache_idle_days": ((">", 0),)}
+
+    collect_garbage: bool = True
+    tmp_age_hours: float = 6.0  # a temporary file this old has no live writer
+    cache_idle_days: float = 30.0  # cache namespaces / reranked subsets unused this long go
+
+
 class TrainingDataSettings(Strict):
     """Where the embedder and reranker get negatives and judge scores: this pipeline's
     `mined_negatives`, or an official UniME-V2 score file (stages 1-3 skipped)."""
@@ -269,6 +282,7 @@ class Settings(Strict):
     training_data: TrainingDataSettings = Field(default_factory=TrainingDataSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
 
     ranges = {"max_per_subset": ((">=", 1),)}
 

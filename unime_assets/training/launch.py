@@ -192,12 +192,10 @@ def run_spec(spec: TrainSpec, pipes=None):
     import polars as pl
 
     from unime_assets.config import LoraConfig
+    from unime_assets.models.encoding import ItemError
     from unime_assets.models.loading import trust_remote_code_for
-    from unime_assets.training.data import embedder_examples, reranker_sft_examples
-    from unime_assets.training.embedder import train_embedder
     from unime_assets.training.engine import EngineConfig, ensure_distributed, world_size
     from unime_assets.training.loop import CheckpointPolicy
-    from unime_assets.training.sft import train_sft
 
     trust_remote_code_for([spec.base_path, spec.out_dir] if spec.trust_remote_code else [])
     ensure_distributed()
@@ -217,6 +215,25 @@ def run_spec(spec: TrainSpec, pipes=None):
     log = _step_logger(spec, pipes)
     pipes.log.info(f"{spec.task}: {ts.height} queries, {world} process(es), global batch {spec.batch_size}, "
                    f"ZeRO-{spec.zero_stage}, {spec.steps} steps")  # fmt: skip
+    try:
+        return _train(spec, ts, cfg, lora, log, policy)
+    except ItemError as e:  # name the training_set rows that hold the item
+        raise ValueError(f"training_set ({spec.training_set}): {_rows_with(ts, e.image)}: {e}") from e
+
+
+def _rows_with(ts, image: str) -> str:
+    import polars as pl
+
+    hit = ts.filter((pl.col("qry_image_path") == image) | (pl.col("pos_image_path") == image)
+                    | pl.col("neg_image_paths").list.contains(image)) if image else ts.clear()  # fmt: skip
+    return f"{hit.height} row(s) show image {image!r} (pair_id {hit['pair_id'].head(5).to_list()})"
+
+
+def _train(spec: TrainSpec, ts, cfg, lora, log, policy):
+    from unime_assets.training.data import embedder_examples, reranker_sft_examples
+    from unime_assets.training.embedder import train_embedder
+    from unime_assets.training.sft import train_sft
+
     if spec.task == "embedder":
         examples = embedder_examples(ts, spec.k_negatives)
         return train_embedder(spec.base_path, examples, spec.image_root, spec.out_dir, cfg, mode=spec.loss,

@@ -4,7 +4,7 @@ zero-shot sets, and the `champion` promotion of the evaluated embedder."""
 import dagster as dg
 import polars as pl
 
-from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
+from unime_assets.defs.assets._common import naming_rows, run_metadata, upstream_run_ids
 from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.evaluation import AGGREGATE_KEYS as AGG_KEYS
@@ -13,6 +13,7 @@ from unime_assets.tracking import plots
 EMBEDDER_MODEL = "unime-v2-embedder"  # the registry name defs/assets/training.py registers under
 CHAMPION_CHECK = "champion_comparison"
 TRAINED_CHECK = "embedder_differs_from_base"
+EVAL_ITEMS = [("qry_text", "qry_img_path"), ("tgt_text", "tgt_img_path")]
 # Run tag naming the registered version to evaluate; the same string as defs/automation.py VERSION_TAG
 # (the `evaluate_new_embedder` sensor sets it).
 VERSION_TAG = "unime/embedder_version"
@@ -125,8 +126,9 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     for label, path in models.items():
         context.log.info(f"evaluating {label} ({path})")
         handle = ModelHandle(path, role=label)
-        results = evaluate_model(handle, eval_df, s.eval_image_root, image_size=ev.image_size,
-                                 batch_size=ev.batch_size, cache_dir=cache_dir, log=context.log.info)  # fmt: skip
+        with naming_rows(f"mmeb_report ({label})", eval_df, EVAL_ITEMS, "row"):
+            results = evaluate_model(handle, eval_df, s.eval_image_root, image_size=ev.image_size,
+                                     batch_size=ev.batch_size, cache_dir=cache_dir, log=context.log.info)  # fmt: skip
         per_model[label] = {k: v.precision_at_1 for k, v in results.items()}
         for v in results.values():
             totals.add(EncodeStats(v.encoded, v.cached))

@@ -5,11 +5,13 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from unime_assets.defs.assets._common import markdown_table, run_metadata, upstream_run_ids
+from unime_assets.defs.assets._common import markdown_table, naming_rows, run_metadata, upstream_run_ids
 from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.partitions import check_partition, train_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
+
+TRAIN_ITEMS = [("qry", "qry_image_path"), ("pos_text", "pos_image_path")]  # (text, image) columns of a row
 
 
 @dg.asset(group_name="mining", kinds={"faiss", "polars"}, deps=["retriever_model"],
@@ -25,12 +27,21 @@ def candidate_index(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
     with mlflow.run(context) as run:
         run.log_params({"retriever": s.retriever_path, "subsets": ",".join(mmeb_train), **r.model_dump(),
                         **upstream_run_ids(context, ["retriever_model"])})  # fmt: skip
-        res = build_candidate_index(train, str(s.retriever_path), str(s.train_image_root),
+        with naming_rows("candidate_index", train, TRAIN_ITEMS, "pair_id"):
+            res = build_candidate_index(train, str(s.retriever_path), str(s.train_image_root),
                                     s.asset_dir("candidate_index"), cache_dir=s.asset_dir("embedding_cache"),
                                     index_kind=r.index_kind, batch_size=r.batch_size, use_gpu=r.use_gpu,
-                                    nlist=r.nlist, nprobe=r.nprobe, hnsw_m=r.hnsw_m,
-                                    ef_construction=r.ef_construction, ef_search=r.ef_search)  # fmt: skip
+                                        nlist=r.nlist, nprobe=r.nprobe, hnsw_m=r.hnsw_m,
+                                        ef_construction=r.ef_construction, ef_search=r.ef_search)  # fmt: skip
         stats = {"pool_size": res.candidates.height, "subsets": len(mmeb_train), **res.stats}
+        if s.maintenance.collect_garbage:  # orphan temp files, stale shards, namespaces of retrained models
+            from unime_assets.config import unime_home
+            from unime_assets.defs.recovery import collect_artifacts
+
+            found, freed = collect_artifacts(s, unime_home() / "assets" / "tables")
+            stats.update(garbage_items=len(found), garbage_mib=round(freed / 2**20, 2))
+            for g in found:
+                context.log.info(f"removed {g.kind} {g.path}: {g.reason}")
         run.log_metrics({k: v for k, v in stats.items() if isinstance(v, int | float)})
     context.log.info(f"candidate index: {stats}")
     return dg.Output(res.candidates, metadata={**stats, "index_dir": dg.MetadataValue.path(str(res.out_dir)),
@@ -50,10 +61,11 @@ def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, 
     with mlflow.run(context) as run:
         run.log_params({"retriever": s.retriever_path, "top_k": s.retrieval.top_k, "delta": "positive similarity",
                         **upstream_run_ids(context, ["candidate_index"])})  # fmt: skip
-        pool, stats = search_candidate_pool(mmeb_train, s.asset_dir("candidate_index"), str(s.retriever_path),
-                                            str(s.train_image_root), cache_dir=s.asset_dir("embedding_cache"),
-                                            top_k=r.top_k, batch_size=r.batch_size, chunk=r.search_chunk,
-                                            use_gpu=r.use_gpu, nprobe=r.nprobe, ef_search=r.ef_search)  # fmt: skip
+        with naming_rows(f"candidate_pool[{context.partition_key}]", mmeb_train, TRAIN_ITEMS, "pair_id"):
+            pool, stats = search_candidate_pool(mmeb_train, s.asset_dir("candidate_index"), str(s.retriever_path),
+                                                str(s.train_image_root), cache_dir=s.asset_dir("embedding_cache"),
+                                                top_k=r.top_k, batch_size=r.batch_size, chunk=r.search_chunk,
+                                                use_gpu=r.use_gpu, nprobe=r.nprobe, ef_search=r.ef_search)  # fmt: skip
         n_kept = pool["cand_ids"].list.len()
         stats = {**stats, "queries": pool.height, "mean_candidates": float(n_kept.mean()),
                  "min_candidates": int(n_kept.min()), "mean_pos_sim": float(pool["pos_sim"].mean())}  # fmt: skip
@@ -95,12 +107,14 @@ def judge_scores(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, ca
         run.log_params({"judge": s.judge_path, "prompt_version": PROMPT_VERSION, "pairs": n_pairs,
                         **s.judging.model_dump(exclude_none=True), **upstream_run_ids(context, ["candidate_pool", "judge_model"])})  # fmt: skip
         j = s.judging
-        df = score_candidate_pool(mmeb_train, candidate_index, candidate_pool, str(s.judge_path),
-                                  str(s.train_image_root), batch_size=j.batch_size, on_batch=progress,
-                                  shard_dir=s.asset_dir("judge_scores") / "shards" / subset,
-                                  shard_queries=j.shard_queries, backend=j.backend, share_prefix=j.share_prefix,
-                                  image_cache_mb=j.image_cache_mb, vllm_options=j.vllm_options(),
-                                  on_shard=on_shard)  # fmt: skip
+        shard_dir = s.asset_dir("judge_scores") / "shards" / subset
+        with naming_rows(f"judge_scores[{subset}]", mmeb_train, TRAIN_ITEMS, "pair_id"):
+            df = score_candidate_pool(mmeb_train, candidate_index, candidate_pool, str(s.judge_path),
+                                      str(s.train_image_root), batch_size=j.batch_size, on_batch=progress,
+                                      shard_dir=shard_dir,
+                                      shard_queries=j.shard_queries, backend=j.backend, share_prefix=j.share_prefix,
+                                      image_cache_mb=j.image_cache_mb, vllm_options=j.vllm_options(),
+                                      on_shard=on_shard)  # fmt: skip
         pos = df["pos_score"].to_numpy()
         cands = [np.asarray(c) for c in df["cand_scores"].to_list()]
         quality = score_quality(pos, cands)
@@ -109,6 +123,13 @@ def judge_scores(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, ca
         hist = run.log_figure(
             plots.histograms({"positive": pos, "candidates": flat}, "judge scores"), "scores"
         )
+        if s.maintenance.collect_garbage:  # shards of other judges / prompts / inputs: never read again
+            from unime_assets.judging.shards import stale_shards
+            from unime_assets.maintenance import Garbage, collect
+
+            stale = stale_shards(shard_dir)
+            collect([Garbage(p, "judge_shard", "stale", 0) for p in stale])
+            shards["stale_removed"] = len(stale)
         run.log_metrics({f"shards_{k}": v for k, v in shards.items()})
     return dg.Output(df, metadata={"pairs": n_pairs, **quality, **{f"shards_{k}": v for k, v in shards.items()},
                                    "histogram": dg.MetadataValue.md(hist),
