@@ -46,7 +46,7 @@ class Strict(BaseModel):
                 if not _OPS[op](float(value), float(bound)):
                     errors.append(f"{name} must be {op} {bound:g}, got {value!r}")
         if errors:
-            raise ValueError("; ".join(errors))
+            raise ValueError("\n".join(errors))
         return self
 
 
@@ -307,7 +307,7 @@ class Settings(Strict):
             errors.append(f"embedder.k_negatives ({self.embedder.k_negatives}) must be <= mining.n_negatives "
                           f"({m.n_negatives})")  # fmt: skip
         if errors:
-            raise ValueError("; ".join(errors))
+            raise ValueError("\n".join(errors))
         return self
 
     @property
@@ -403,7 +403,7 @@ def format_errors(exc: ValidationError) -> str:
         if err["type"] != "value_error":  # type, literal, missing, extra key: pydantic names the field
             lines.append(f"  {where or 'settings'}: {err['msg']} (got {err.get('input')!r:.80})")
             continue
-        for part in err["msg"].removeprefix("Value error, ").split("; "):
+        for part in err["msg"].removeprefix("Value error, ").split("\n"):
             # a section's rule names its own field ("steps must be ..."); other rules name the full path
             named = "." in part.split(" ", 1)[0] or not where
             lines.append(f"  {part}" if named else f"  {where}.{part}")

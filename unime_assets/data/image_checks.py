@@ -53,8 +53,9 @@ class Resolver:
     each (MMEB keeps thousands of images per folder); every other case goes to resolve_image_path.
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, fallback=resolve_image_path) -> None:
         self.root = root
+        self.fallback = fallback
         self.root_res = Path(root).resolve()
         self.dirs: dict[str, Path | None] = {}
 
@@ -72,17 +73,18 @@ class Resolver:
                 with contextlib.suppress(OSError):
                     if stat.S_ISREG(os.lstat(d / name).st_mode):
                         return d / name
-        return resolve_image_path(self.root, rel)
+        return self.fallback(self.root, rel)
 
 
 _READERS = {"verify": verify, "open": decode}
 
 
-def image_problems(paths: pl.Series, root: str | os.PathLike, mode: ImageCheck) -> pl.DataFrame:
+def image_problems(paths: pl.Series, root: str | os.PathLike, mode: ImageCheck,
+                   resolve_path=resolve_image_path) -> pl.DataFrame:  # fmt: skip
     """One row (path, reason, detail) per unique non-empty path that fails the `mode` check."""
     if mode not in ("exists", "verify", "open"):
         raise ValueError(f"check_images must be 'none', 'exists', 'verify' or 'open', got {mode!r}")
-    resolve = Resolver(root)
+    resolve = Resolver(root, resolve_path)
     read = _READERS.get(mode)
     out: dict[str, list[str]] = {"path": [], "reason": [], "detail": []}
     for rel in paths.drop_nulls().unique().to_list():

@@ -33,8 +33,9 @@ unless `keep_provenance`, so it matches the asset contracts. Typical use:
     res = validate_eval(ev, eval_image_root, policy="fail")
 
 Text rules, both tables, per (text, image) item: a field whose bytes are not valid UTF-8
-[invalid_utf8] (marked by the readers); an item with an image whose text does not hold exactly one
-`<|image_1|>` placeholder [placeholder_mismatch] (the processor pairs each placeholder with an image);
+[invalid_utf8] (marked by the readers); an item with an image whose (non-blank) text does not hold
+exactly one `<|image_1|>` placeholder [placeholder_mismatch] (the processor pairs each placeholder
+with an image; a blank text with an image is an image-only item);
 a text longer than `max_text_chars` characters [text_too_long] (one huge text makes a huge batch).
 
 Images are checked once per unique path (`image_checks`): "exists" resolves the path like
@@ -54,6 +55,7 @@ import polars as pl
 
 from unime_assets.data.errors import DataValidationError
 from unime_assets.data.image_checks import ImageCheck, image_problems
+from unime_assets.data.images import resolve_image_path
 from unime_assets.data.mmeb import PROVENANCE_COLUMNS, UTF8_COLUMN
 from unime_assets.io import atomic_path
 
@@ -263,10 +265,11 @@ def _utf8_findings(t: pl.DataFrame) -> list[pl.DataFrame]:
 
 
 def _item_findings(t: pl.DataFrame, text: str, image: str, at: str | pl.Expr, max_chars: int | None) -> list[pl.DataFrame]:
-    """One (text, image) item: an image needs exactly one placeholder in the text (the processor
-    pairs placeholders with images), and the text stays under `max_chars` characters."""
+    """One (text, image) item: a text beside an image holds exactly one placeholder (the processor
+    pairs placeholders with images; a blank text is an image-only item, encoded as the image's slot
+    alone), and the text stays under `max_chars` characters."""
     n = pl.col(text).fill_null("").str.count_matches(PLACEHOLDER, literal=True)
-    frames = [_findings(t, ~_no_image(image) & (n != 1), at, "placeholder_mismatch",
+    frames = [_findings(t, ~_no_image(image) & ~_blank(text) & (n != 1), at, "placeholder_mismatch",
                         pl.format("the item has an image but its text has {} '{}' placeholder(s), not one", n,
                                   pl.lit(PLACEHOLDER)))]  # fmt: skip
     if max_chars is not None:
@@ -319,7 +322,8 @@ def validate_train(df: pl.DataFrame, image_root: str | os.PathLike | None, *, po
     ]
     if check_images != "none":
         bad = image_problems(
-            pl.concat([t["qry_image_path"], t["pos_image_path"]]), _root(image_root), check_images
+            pl.concat([t["qry_image_path"], t["pos_image_path"]]), _root(image_root), check_images,
+            resolve_image_path,
         )
         frames += [_image_findings(t, c, bad, c) for c in ("qry_image_path", "pos_image_path")]
     return _finish(df, frames, TRAIN_REASONS, "MMEB-train", policy, keep_provenance)
@@ -413,7 +417,8 @@ def validate_eval(df: pl.DataFrame, image_root: str | os.PathLike | None, *, pol
     ]
     if check_images != "none":
         bad = image_problems(
-            pl.concat([t["qry_img_path"], ex["tgt_img_path"]]), _root(image_root), check_images
+            pl.concat([t["qry_img_path"], ex["tgt_img_path"]]), _root(image_root), check_images,
+            resolve_image_path,
         )
         frames += [
             _image_findings(t, "qry_img_path", bad, "qry_img_path"),

@@ -4,7 +4,7 @@ A shard's file name carries a hash of (judge checkpoint fingerprint, prompt vers
 and dtype, the shard's input content with image bytes), all by `unime_assets.fingerprints`.
 A restarted run finds the shards it already wrote and skips them; a changed judge, prompt or input gives another key, so stale scores are never reused.
 
-A finished scoring writes `current.json` (the shard files it is made of); every other shard in the
+A finished scoring writes `cache/current-shards.json` (the shard files it is made of); every other shard in the
 folder is stale (`stale_shards`): made by another judge, prompt or input. Garbage collection removes them.
 """
 
@@ -22,7 +22,7 @@ from unime_assets.io import atomic_path, write_parquet
 from unime_assets.models.encoding import Item
 
 SHARD_SCHEMA = {"pair_id": pl.Utf8, "pos_score": pl.Float64, "cand_scores": pl.List(pl.Float64)}
-MANIFEST = "current.json"
+MANIFEST = "cache/current-shards.json"  # beside the image digests: the folder itself holds only shards
 
 
 def content_hash(pair_ids: Sequence[str], groups: Sequence[tuple[Item, Sequence[Item]]],

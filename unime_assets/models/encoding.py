@@ -40,6 +40,8 @@ class Item:
 def model_text(text: str, has_image: bool, image_token: str) -> str:
     # An item without an image (e.g. WebQA train queries) may still carry the placeholder; the Qwen
     # processor would count it as an image slot, so it is dropped rather than kept as a token.
+    if has_image and not text.strip():  # an image-only item: the image's slot is its whole text
+        return image_token
     return text.replace(MMEB_IMAGE_PLACEHOLDER, image_token if has_image else "")
 
 
@@ -80,7 +82,7 @@ class ImageLoader:
 
 def embed_inputs(items: Sequence[Item], processor, images: Callable[[str], Image.Image], image_token: str):
     for it in items:  # the processor pairs each image slot with an image; its error names neither
-        if it.image and it.text.count(MMEB_IMAGE_PLACEHOLDER) != 1:
+        if it.image and it.text.strip() and it.text.count(MMEB_IMAGE_PLACEHOLDER) != 1:
             raise ItemError(f"item with image {it.image!r} has {it.text.count(MMEB_IMAGE_PLACEHOLDER)} "
                             f"'{MMEB_IMAGE_PLACEHOLDER}' placeholders in its text {it.text[:80]!r}, not one",
                             image=it.image, text=it.text)  # fmt: skip
