@@ -54,12 +54,11 @@ def env(tmp_path, embedded_home, settings):
 
 
 def _materialize(resources, instance, **env):
-    from unime_assets.defs.assets.mining import training_set
-    from unime_assets.defs.assets.training import embedder_checkpoint
+    from unime_assets.definitions import defs
 
     with _env(**env):
-        return dg.materialize([training_set, embedder_checkpoint], selection=["embedder_checkpoint"],
-                              resources=resources, instance=instance, raise_on_error=False)  # fmt: skip
+        return dg.materialize(defs.assets, selection=["embedder_checkpoint"], resources=resources, instance=instance,
+                              raise_on_error=False)  # fmt: skip
 
 
 @contextlib.contextmanager
