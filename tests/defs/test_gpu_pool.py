@@ -106,6 +106,7 @@ def test_killed_holder_does_not_block_the_next_run(home):
 @pytest.mark.slow
 def test_waiting_step_sleeps_and_stops_on_sigterm(home):
     a = _start(home, "a", hold=300)
+    b = None
     try:
         _wait_for(lambda: (home / "a.start").exists(), 120, "run A to hold the gpu slot")
         b = _start(home, "b", hold=0.1)
@@ -121,8 +122,10 @@ def test_waiting_step_sleeps_and_stops_on_sigterm(home):
         info = _pool(home)
         assert info.pending_step_count == 0 and info.active_slot_count == 1  # B's claim withdrawn, A's held
     finally:
-        a.kill()
-        a.wait(10)
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(10)
 
 
 @pytest.mark.slow

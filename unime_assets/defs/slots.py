@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,8 +167,9 @@ def _interval(self: InstanceConcurrencyContext) -> float:
 
 
 def install() -> None:
-    """Patch Dagster's concurrency context (idempotent); see the module docstring for why."""
-    if getattr(InstanceConcurrencyContext, "_unime_patched", False):
+    """Patch Dagster's concurrency context (idempotent); see the module docstring for why.
+    `UNIME_DAGSTER_PATCHES=off` leaves Dagster as it is (to compare, or once upstream is fixed)."""
+    if getattr(InstanceConcurrencyContext, "_unime_patched", False) or os.environ.get("UNIME_DAGSTER_PATCHES") == "off":
         return
     InstanceConcurrencyContext.claim = _claim  # type: ignore[method-assign]
     InstanceConcurrencyContext.interval_to_next_pending_claim_check = _interval  # type: ignore[method-assign]

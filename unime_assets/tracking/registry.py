@@ -51,10 +51,14 @@ def find_version(tracking_uri: str, name: str, fingerprint: str) -> str | None:
 
 def create_version(tracking_uri: str, name: str, model_uri: str, run_id: str, fingerprint: str,
                    lineage: Mapping[str, str]) -> str:  # fmt: skip
-    """A new version of `name` for `model_uri`, with the lineage and fingerprint tags in the same call."""
+    """A new version of `name` for `model_uri`, with the lineage and fingerprint tags in the same call.
+
+    Called inside the run `start_run` opened, which set the process's tracking URI (the registry
+    follows it); a process-wide registry URI is never set here."""
     import mlflow
 
+    if mlflow.get_tracking_uri() != tracking_uri:
+        raise RuntimeError(f"register {name}: the active tracking URI is {mlflow.get_tracking_uri()}, not {tracking_uri}")
     tags = {**lineage, FINGERPRINT_TAG: fingerprint, "mlflow.run_id": run_id}
-    mlflow.set_registry_uri(tracking_uri)
     mv = mlflow.register_model(model_uri, name, tags=dict(tags))
     return str(mv.version)
