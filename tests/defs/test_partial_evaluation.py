@@ -9,20 +9,11 @@ import shutil
 import dagster as dg
 import pytest
 import yaml
+from defs_helpers import nudge_weights
 from mlflow import MlflowClient
 
 EVAL = ["SynColor", "SynHue"]
 MODEL = "unime-v2-embedder"
-
-
-def _nudge(ckpt) -> None:
-    from safetensors.torch import load_file, save_file
-
-    f = next(ckpt.glob("*.safetensors"))
-    tensors = load_file(f)
-    name = sorted(k for k in tensors if "proj" in k)[0]
-    tensors[name] = tensors[name] + 1e-3
-    save_file(tensors, f, metadata={"format": "pt"})
 
 
 @pytest.fixture
@@ -36,7 +27,7 @@ def env(tmp_path, embedded_home, tiny_qwen2vl, tiny_qwen25vl):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     for name, src in (("retriever_model", tiny_qwen2vl), ("embedder_checkpoint", tiny_qwen2vl)):
         shutil.copytree(src, tmp_path / "assets" / name)
-    _nudge(tmp_path / "assets" / "embedder_checkpoint")  # "trained"
+    nudge_weights(tmp_path / "assets" / "embedder_checkpoint")  # "trained"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(MODEL)

@@ -8,20 +8,11 @@ import shutil
 import dagster as dg
 import pytest
 import yaml
+from defs_helpers import nudge_weights
 from mlflow import MlflowClient
 
 EVAL = ["SynColor", "SynHue"]
 LINEAGE = {"dagster.run_id": "training-run"}  # a version registered by the training asset carries it
-
-
-def _nudge_weights(ckpt) -> None:
-    from safetensors.torch import load_file, save_file
-
-    f = next(ckpt.glob("*.safetensors"))
-    tensors = load_file(f)
-    name = sorted(k for k in tensors if "proj" in k)[0]
-    tensors[name] = tensors[name] + 1e-3
-    save_file(tensors, f, metadata={"format": "pt"})
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def report_env(tmp_path_factory, embedded_home, tiny_qwen2vl, tiny_qwen25vl):
     shutil.copytree(tiny_qwen2vl, root / "registered" / "artifacts" / "checkpoint")
     # "Trained": the same small change in both copies (an untrained copy of the base is never promoted)
     for ckpt in (root / "assets" / "embedder_checkpoint", root / "registered" / "artifacts" / "checkpoint"):
-        _nudge_weights(ckpt)
+        nudge_weights(ckpt)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     client.create_registered_model("unime-v2-embedder")
