@@ -125,8 +125,9 @@ def test_missing_or_corrupt_model_fails_the_run_before_any_step(profile):
     weights = next((tmp_path / "models" / "embedder_base").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a cut download
     raw["train_subsets"] = ["SynColor"]
-    result = dg.materialize([mmeb_train], partition_key="SynColor", resources=_resources(tmp_path, raw),
-                            raise_on_error=False)  # fmt: skip
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([mmeb_train], partition_key="SynColor", resources=_resources(tmp_path, raw),
+                                raise_on_error=False, instance=instance)  # fmt: skip
     assert not result.success
     assert result.get_asset_materialization_events() == []  # mmeb_train did not run: the run stopped first
     failure = next(e for e in result.all_events if e.event_type_value == "RUN_FAILURE" or e.is_failure)

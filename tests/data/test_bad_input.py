@@ -163,7 +163,8 @@ def test_truncated_image_is_quarantined_at_mmeb_train(tmp_path, embedded_home, s
     resources = {"settings": SettingsResource(settings_file=str(tmp_path / "s.yaml")),
                  "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
                  "io_manager": PolarsParquetIOManager(base_dir=str(tmp_path / "tables"))}  # fmt: skip
-    result = dg.materialize([mmeb_train], partition_key=subset, resources=resources)
+    with dg.instance_for_test() as instance:  # its own instance (and definitions-state storage)
+        result = dg.materialize([mmeb_train], partition_key=subset, resources=resources, instance=instance)
     assert result.success
     table = pl.read_parquet(tmp_path / "tables" / "mmeb_train" / f"{subset}.parquet")
     assert table.height == rows.height - bad.height and pick["qry_image_path"] not in table["qry_image_path"]
@@ -202,12 +203,15 @@ def test_quarantine_and_table_are_written_together_or_not_at_all(tmp_path, embed
         return real_write(self, file, *a, **k)
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", failing)
-    result = dg.materialize([mmeb_train], partition_key="SynVQA", resources=resources, raise_on_error=False)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([mmeb_train], partition_key="SynVQA", resources=resources, raise_on_error=False,
+                                instance=instance)  # fmt: skip
     assert not result.success
     assert not table.exists() and not quarantine.exists()  # neither: not the quarantine table alone
     assert not list(quarantine.parent.glob(".*.tmp")) if quarantine.parent.exists() else True
     monkeypatch.setattr(pl.DataFrame, "write_parquet", real_write)
-    assert dg.materialize([mmeb_train], partition_key="SynVQA", resources=resources).success
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([mmeb_train], partition_key="SynVQA", resources=resources, instance=instance).success
     q = pl.read_parquet(quarantine)
     assert table.exists() and q.height > 0 and set(q["reason"]) == {"text_too_long"}
     assert pl.read_parquet(table).height + q.height == len(lengths) and pl.read_parquet(table).height > 0

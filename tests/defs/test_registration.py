@@ -154,12 +154,12 @@ def test_versions_without_lineage_are_never_evaluated(tmp_path):
     client.create_model_version(MODEL, source="file:///nowhere")  # 2: no lineage
     resources = {"mlflow": MlflowResource(tracking_uri=uri)}
     with dg.instance_for_test() as instance:
-        ctx = dg.build_sensor_context(instance=instance, cursor="1", resources=resources, definitions=defs)
-        result = auto.evaluate_new_embedder(ctx)
+        with dg.build_sensor_context(instance=instance, cursor="1", resources=resources, definitions=defs) as ctx:
+            result = auto.evaluate_new_embedder(ctx)
         assert result.run_requests == [] and result.cursor == "2"  # moved past it, nothing launched
         client.create_model_version(MODEL, source="file:///nowhere", tags={"dagster.run_id": "r3"})  # 3
-        ctx = dg.build_sensor_context(instance=instance, cursor="2", resources=resources, definitions=defs)
-        assert [r.tags[auto.VERSION_TAG] for r in auto.evaluate_new_embedder(ctx).run_requests] == ["3"]
+        with dg.build_sensor_context(instance=instance, cursor="2", resources=resources, definitions=defs) as ctx:
+            assert [r.tags[auto.VERSION_TAG] for r in auto.evaluate_new_embedder(ctx).run_requests] == ["3"]
 
 
 def test_mlflow_run_follows_a_step_that_fails_after_it(tmp_path, embedded_home):
@@ -178,7 +178,9 @@ def test_mlflow_run_follows_a_step_that_fails_after_it(tmp_path, embedded_home):
     resources = {"settings": SettingsResource(settings_file=str(tmp_path / "s.yaml")),
                  "mlflow": MlflowResource(tracking_uri=uri), "io_manager": PolarsParquetIOManager(base_dir=str(blocked))}  # fmt: skip
     assets = [a for a in defs.assets if "mmeb_train" in {k.to_user_string() for k in a.keys}]
-    result = dg.materialize(assets, partition_key="SynColor", resources=resources, raise_on_error=False)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(assets, partition_key="SynColor", resources=resources, raise_on_error=False,
+                                instance=instance)  # fmt: skip
     assert not result.success
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("unime-v2").experiment_id])

@@ -15,8 +15,9 @@ Crash safety (each step can be retried as is):
   fingerprint in one call (tracking/registry.py), then the alias moved. A retry after a kill finds
   the version of the same weights and only moves the alias; a kill before the version exists leaves
   no version, only an MLflow run that the next materialization closes as KILLED.
-- The trained weights must differ from the base's (`identical_to_base` in the metadata): a run
-  that changed nothing (all steps skipped, learning rate 0) fails here instead of being evaluated.
+- The trained weights must differ from the base's: a run that changed nothing (1-2 steps, which
+  the warmup runs at learning rate 0; all steps skipped) fails here instead of being registered and
+  evaluated as a trained model (training/export_checks.py).
 """
 
 import contextlib
