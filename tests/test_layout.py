@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"reranking"},  # stage 5 (its prompts reuse the judge's layout)
     {"training"},  # stages 4-5
     {"evaluation"},  # stage 6
-    {"ablation"},
+    {"ablation", "maintenance"},
     {"embedded"},
     {"defs"},  # the Dagster layer
     {"definitions"},  # the code location

@@ -138,6 +138,13 @@ def summary(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def recover(args: argparse.Namespace) -> int:
+    from unime_assets.defs.recovery import recover as run_recovery
+
+    print("\n".join(run_recovery(dry_run=args.dry_run)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="unime-assets", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -153,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     m.set_defaults(func=materialize)
     s = sub.add_parser("summary", help="print the latest materialization of every asset and the MLflow state")
     s.set_defaults(func=summary)
+    r = sub.add_parser("recover", help="after crashes: fail dead runs and free their gpu slots, close their MLflow "
+                       "runs, delete orphan temp files, stale judge shards and old cache namespaces")
+    r.add_argument("--dry-run", action="store_true", help="list what would be done, change nothing")
+    r.set_defaults(func=recover)
     args = parser.parse_args(argv)
     return args.func(args)
 

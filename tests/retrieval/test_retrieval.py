@@ -89,11 +89,19 @@ def test_deepening_when_many_candidates_outrank_the_positive():
 
 def test_query_with_nothing_below_its_positive_gets_no_candidates():
     c = _unit(np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]]))
-    q = _unit(np.array([[0.0, -1.0]]))  # its positive (row 0) is already as dissimilar as any other row
+    q = _unit(np.array([[0.0, -1.0]]))  # similarities: row 0: 0, row 1: -1, row 2: -0.71
+    # Positive row 1 (-1) is the least similar row: nothing is strictly below it.
     res = search_below_positive(make_index(c), q, c[[1]], np.array([1]), k=2)
-    assert res.cand_idx[0].tolist() == [0, 2] or (res.cand_sims[0] < res.pos_sim[0]).all()
+    assert res.cand_idx[0].tolist() == [] and res.lens.tolist() == [0]
+    # Positive row 0 (0): both other rows are below it, most similar first.
     res = search_below_positive(make_index(c), q, c[[0]], np.array([0]), k=2)
-    assert all(s < res.pos_sim[0] for s in res.cand_sims[0])
+    assert res.cand_idx[0].tolist() == [2, 1]
+    # The expectations tell the δ rule apart: without it (top-k minus the positive) the first query gets
+    # rows 0 and 2, which are more similar than its positive.
+    assert _brute_force(q, c, np.array([1]), 2) == [[]]
+    sims = c @ q[0]
+    no_delta = [int(j) for j in np.argsort(-sims, kind="stable") if j != 1][:2]
+    assert no_delta == [0, 2] != res.cand_idx[0].tolist()
 
 
 # --- FAISS indexes and the chunked search ------------------------------------------------------------

@@ -238,7 +238,7 @@ def test_embedder_asset_launches_logs_and_registers(tmp_path, settings, embedded
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = (f"artifacts_root: {tmp_path / 'assets'}\n"
-                 f"embedder: {{steps: 2, batch_size: 4, k_negatives: {K}}}")  # fmt: skip
+                 f"embedder: {{steps: 3, batch_size: 4, k_negatives: {K}}}")  # fmt: skip  # steps 0-1: lr 0
     settings_file = str(embedded_home / "settings.yaml")
     resources = {
         "settings": SettingsResource(settings_file=settings_file, overrides_yaml=overrides),
@@ -252,7 +252,7 @@ def test_embedder_asset_launches_logs_and_registers(tmp_path, settings, embedded
         assert result.success
         meta = result.asset_materializations_for_node("embedder_checkpoint")[0].metadata
         messages = [e.message for e in instance.all_logs(result.run_id) if e.message]
-    assert meta["processes"].value == 1 and meta["steps"].value == 2 and meta["resumed_from_step"].value == 0
+    assert meta["processes"].value == 1 and meta["steps"].value == 3 and meta["resumed_from_step"].value == 0
     assert any("embedder step 0: loss=" in m for m in messages)  # streamed from rank 0 through Pipes
     assert any("torch.distributed.run" in m for m in messages)
 
@@ -263,7 +263,7 @@ def test_embedder_asset_launches_logs_and_registers(tmp_path, settings, embedded
     assert mv.tags["upstream.training_set.run_id"] == result.run_id  # the stub was materialized in this run
     assert mv.tags["upstream.training_set.storage_id"]
     run_id = meta["mlflow_run_id"].value
-    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1]  # logged by rank 0
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1, 2]  # logged by rank 0
     assert client.get_run(run_id).data.params["launch.processes"] == "1"
 
     image = training_set.filter(training_set["pos_image_path"] != "")["pos_image_path"][0]

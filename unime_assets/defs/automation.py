@@ -34,6 +34,7 @@ import dagster as dg
 from unime_assets.defs.partitions import TRAIN_SUBSETS
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.fingerprints import files_stat_fingerprint
+from unime_assets.tracking.registry import is_complete
 
 EMBEDDER_MODEL = "unime-v2-embedder"  # the registered name of embedder_checkpoint (defs/assets/training.py)
 
@@ -52,7 +53,11 @@ STEP_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENT
 
 def _run_tags(stage: str, max_runtime_hours: float) -> dict[str, str]:
     """`dagster/max_runtime` is read from run tags by run monitoring (enabled in dagster.yaml); asset
-    tags do not reach runs. `unime/stage` lets the production queue limit runs per stage."""
+    tags do not reach runs. `unime/stage` lets the production queue limit runs per stage.
+
+    The jobs pass these as `tags`, not `run_tags`: without `run_tags` a job's tags are added to every
+    run it launches, and a partition backfill of a job (UI or `dagster job backfill`) copies only
+    the job's `tags` into its runs; `run_tags` would leave backfill runs without retries or limits."""
     return {**RUN_RETRIES, "dagster/max_runtime": str(int(max_runtime_hours * HOUR)), "unime/stage": stage}
 
 
@@ -68,22 +73,22 @@ EVALUATION_SELECTION = dg.AssetSelection.groups("evaluation")
 AUTOMATED_SELECTION = dg.AssetSelection.assets("candidate_index") | MINING_SELECTION
 
 ingest_train_job = dg.define_asset_job(
-    "ingest_train", selection=INGEST_SELECTION, run_tags=_run_tags("ingest", 2),
+    "ingest_train", selection=INGEST_SELECTION, tags=_run_tags("ingest", 2),
     description="Read one MMEB-train subset (partition) from its source files.",
 )  # fmt: skip
 mine_job = dg.define_asset_job(
-    "mine", selection=MINING_SELECTION, run_tags=_run_tags("mine", 24), op_retry_policy=STEP_RETRY,
+    "mine", selection=MINING_SELECTION, tags=_run_tags("mine", 24), op_retry_policy=STEP_RETRY,
     description="Stages 1-3 for one train subset: candidate pool, every judge's scores, their ensemble, mined "
     "negatives. Needs a "
     "current candidate_index; backfill chosen partitions from the UI or `dagster job backfill -j mine`.",
 )  # fmt: skip
 train_job = dg.define_asset_job(
-    "train", selection=TRAIN_SELECTION, run_tags=_run_tags("train", 72),
+    "train", selection=TRAIN_SELECTION, tags=_run_tags("train", 72),
     description="Stages 4-5: training set from the mined partitions, embedder and reranker (gpu pool); "
     "registers new versions with alias `candidate`.",
 )  # fmt: skip
 evaluate_job = dg.define_asset_job(
-    "evaluate", selection=EVALUATION_SELECTION, run_tags=_run_tags("evaluate", 12),
+    "evaluate", selection=EVALUATION_SELECTION, tags=_run_tags("evaluate", 12),
     description="Stage 6: MMEB evaluation and report. Launched by `evaluate_new_embedder` per registered version.",
 )  # fmt: skip
 JOBS = [ingest_train_job, mine_job, train_job, evaluate_job]
@@ -224,12 +229,21 @@ def evaluate_new_embedder(context: dg.SensorEvaluationContext, mlflow: MlflowRes
         return dg.SkipReason(f"no version of {EMBEDDER_MODEL} registered yet")
     seen = int(context.cursor) if context.cursor else None
     new = sorted(n for n in by_number if seen is None or n > seen)
+    # A version without lineage comes from an interrupted registration: never evaluated (the cursor
+    # still moves past it; the retried registration creates a complete version).
+    incomplete = [n for n in new if not is_complete(by_number[n].tags)]
+    complete = [n for n in new if n not in incomplete]
     if seen is None:
-        new = new[-1:]  # first tick: evaluate the current state, not the whole history
-    if not new:
+        complete = complete[-1:]  # first tick: evaluate the current state, not the whole history
+    if not complete:
+        if new:
+            return dg.SensorResult(skip_reason=f"{EMBEDDER_MODEL} version(s) {incomplete} have no lineage tags "
+                                   "(interrupted registrations): not evaluated", cursor=str(max(new)))  # fmt: skip
         return dg.SkipReason(f"no {EMBEDDER_MODEL} version newer than {seen}")
+    if incomplete:
+        context.log.warning(f"skipping {EMBEDDER_MODEL} version(s) {incomplete}: no lineage tags")
     requests = []
-    for n in new:
+    for n in complete:
         mv = by_number[n]
         tags = {VERSION_TAG: str(n), MODEL_URI_TAG: f"models:/{EMBEDDER_MODEL}/{n}",
                 "unime/embedder_mlflow_run_id": mv.run_id or "",

@@ -16,7 +16,7 @@ from unime_assets.judging.prefix_shared import PrefixSharedJudge
 from unime_assets.judging.prompt import PAIRWISE_PROMPT
 from unime_assets.models.encoding import ImageLoader, Item
 from unime_assets.models.families import get_family
-from unime_assets.models.loading import load_model, pick_device, resolve_dtype
+from unime_assets.models.loading import load_model, pick_device, remote_code_allowed, resolve_dtype
 
 
 class JudgeEngine(Protocol):
@@ -47,10 +47,11 @@ def make_engine(
     prompt: str = PAIRWISE_PROMPT,
     vllm_options: Mapping[str, Any] | None = None,
     dtype: str = "auto",
-    trust_remote_code: bool = False,
+    trust_remote_code: bool | None = None,
 ) -> JudgeEngine:
     """Load the judge once for a backend: "hf" (prefix-shared or plain batched) or "vllm" (GPU only).
 
+    `trust_remote_code=None` follows the settings (models.loading.remote_code_allowed), like every loader.
     The prefix-shared engine reproduces Qwen-VL's M-RoPE positions; a judge of another family
     (models/families.py) is scored by the plain batched engine whatever `share_prefix` says."""
     images = ImageLoader(image_root)
@@ -60,7 +61,7 @@ def make_engine(
         )
 
         opts = {"dtype": dtype, **dict(vllm_options or {})}
-        if trust_remote_code:
+        if trust_remote_code or (trust_remote_code is None and remote_code_allowed(judge_path)):
             opts["trust_remote_code"] = True
         return VllmJudge(str(judge_path), images, prompt=prompt, **opts)
     if backend != "hf":

@@ -52,7 +52,7 @@ def score_candidate_pool(
     image_cache_mb: int = 2048,
     vllm_options: Mapping[str, Any] | None = None,
     dtype: str = "auto",
-    trust_remote_code: bool = False,
+    trust_remote_code: bool | None = None,
     prompt: str = PAIRWISE_PROMPT,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
@@ -92,6 +92,7 @@ def score_candidate_pool(
     total = sum(len(c) for _, c in groups)
     done = 0
     parts: list[pl.DataFrame] = []
+    used: list[Path] = []
     for index, (lo, hi) in enumerate(tqdm(bounds, desc="judge shards", disable=not progress, leave=False)):
         ids, grp = pair_ids[lo:hi], groups[lo:hi]
         n_cands = [len(c) - 1 for _, c in grp]
@@ -101,6 +102,8 @@ def score_candidate_pool(
             else None
         )
         df = js.read_shard(path, ids, n_cands) if path is not None else None
+        if path is not None:
+            used.append(path)
         computed = df is None
         if df is None:
 
@@ -127,6 +130,8 @@ def score_candidate_pool(
         if on_shard is not None:
             on_shard(index, len(bounds), computed)
     digests.save()
+    if shard_dir is not None:
+        js.write_manifest(shard_dir, used)
     if not parts:
         return pl.DataFrame(schema=js.SHARD_SCHEMA)
     return pl.concat(parts, how="vertical")

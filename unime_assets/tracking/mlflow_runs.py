@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,24 @@ def start_run(
     exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=dict(tags)) as run:
         yield RunHandle(run.info.run_id, exp_id, run_url(ui_url, exp_id, run.info.run_id))
+
+
+def close_runs(tracking_uri: str, experiment: str, status_for: Callable[[str], str | None],
+               query: str = "attributes.status = 'RUNNING'") -> list[tuple[str, str]]:  # fmt: skip
+    """Terminate the experiment's runs matching `query` whose Dagster run says so: `status_for(dagster
+    run id)` returns the MLflow status to set (FINISHED, FAILED, KILLED) or None to leave the run.
+    Returns (mlflow run id, status) of each run closed."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    closed = []
+    for run in client.search_runs([exp.experiment_id], filter_string=query, max_results=1000):
+        status = status_for(run.data.tags.get("dagster.run_id", ""))
+        if status is not None and status != run.info.status:
+            client.set_terminated(run.info.run_id, status)
+            closed.append((run.info.run_id, status))
+    return closed
 
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> None:

@@ -4,7 +4,7 @@ zero-shot sets, and the `champion` promotion of the evaluated embedder."""
 import dagster as dg
 import polars as pl
 
-from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
+from unime_assets.defs.assets._common import naming_rows, run_metadata, upstream_run_ids
 from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.evaluation import AGGREGATE_KEYS as AGG_KEYS
@@ -12,6 +12,8 @@ from unime_assets.tracking import plots
 
 EMBEDDER_MODEL = "unime-v2-embedder"  # the registry name defs/assets/training.py registers under
 CHAMPION_CHECK = "champion_comparison"
+TRAINED_CHECK = "embedder_differs_from_base"
+EVAL_ITEMS = [("qry_text", "qry_img_path"), ("tgt_text", "tgt_img_path")]
 # Run tag naming the registered version to evaluate; the same string as defs/automation.py VERSION_TAG
 # (the `evaluate_new_embedder` sensor sets it).
 VERSION_TAG = "unime/embedder_version"
@@ -56,7 +58,10 @@ def _embedder_under_test(context: dg.AssetExecutionContext, s, tracking_uri: str
           check_specs=[dg.AssetCheckSpec(CHAMPION_CHECK, asset="mmeb_report",
                                          description="The evaluated embedder against the registry's `champion` on "
                                          "the same eval subsets; `champion` moves to it when it is strictly better "
-                                         "on a complete evaluation (never on a partial one).")],
+                                         "on a complete evaluation (never on a partial one)."),
+                       dg.AssetCheckSpec(TRAINED_CHECK, asset="mmeb_report",
+                                         description="The evaluated embedder's weights differ from the untrained "
+                                         "base's (else the report scores the base twice; never promoted).")],
           description="MMEB V1 protocol: per-row cosine ranking, P@1 (ties to the ground truth), means per "
           "meta-task / IND / OOD / overall (mean over datasets) for the retriever, the untrained base, the "
           "embedder and embedder + top-k reranking (listwise or pairwise); embeddings cached by model and "
@@ -103,6 +108,12 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     cache_dir = s.asset_dir("embedding_cache")
     digests = ImageDigests(s.eval_image_root, cache_dir / "image-digests.parquet")
     embedder_path, embedder_version = _embedder_under_test(context, s, mlflow.uri())
+    from unime_assets.training.export_checks import identical_weights
+
+    same_as_base = identical_weights(embedder_path, s.embedder_base.path)
+    if same_as_base:
+        context.log.error(f"the evaluated embedder {embedder_path} has the untrained base's weights "
+                          f"({s.embedder_base.path}): its row equals the base's and it is never promoted")  # fmt: skip
     models = {
         "retriever": s.retriever_path,
         "embedder (untrained base)": s.embedder_base.path,
@@ -115,8 +126,9 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     for label, path in models.items():
         context.log.info(f"evaluating {label} ({path})")
         handle = ModelHandle(path, role=label)
-        results = evaluate_model(handle, eval_df, s.eval_image_root, image_size=ev.image_size,
-                                 batch_size=ev.batch_size, cache_dir=cache_dir, log=context.log.info)  # fmt: skip
+        with naming_rows(f"mmeb_report ({label})", eval_df, EVAL_ITEMS, "row"):
+            results = evaluate_model(handle, eval_df, s.eval_image_root, image_size=ev.image_size,
+                                     batch_size=ev.batch_size, cache_dir=cache_dir, log=context.log.info)  # fmt: skip
         per_model[label] = {k: v.precision_at_1 for k, v in results.items()}
         for v in results.values():
             totals.add(EncodeStats(v.encoded, v.cached))
@@ -182,7 +194,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         per_ds = run.log_figure(plots.grouped_bars({m: {n: 100 * p for n, p in sc.items()} for m, sc in per_model.items()},
                                                    "P@1 per dataset"), "per_dataset")  # fmt: skip
         decision = _promote(context, s, mlflow.uri(), embedder_version, per_model["embedder"], fingerprints,
-                            eval_df, cache_dir, run)  # fmt: skip
+                            eval_df, cache_dir, run, same_as_base=same_as_base)  # fmt: skip
         zeroshot_md = ""
         if zeroshot:
             zeroshot_md = zeroshot_markdown(zeroshot)
@@ -198,7 +210,8 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         "rerank_mode": mode, "rerank_unparsable": unparsable, "encoded": totals.encoded, "cached": totals.cached,
         "reranked_subsets_cached": reranked_cached,
         "complete": complete, "subsets": dg.MetadataValue.json(evaluated),
-        "promotion": dg.MetadataValue.json(decision), **run_metadata(run),
+        "promotion": dg.MetadataValue.json(decision), "embedder_identical_to_base": same_as_base,
+        **run_metadata(run),
     }  # fmt: skip
     if zeroshot:
         metadata["zeroshot"] = dg.MetadataValue.md(zeroshot_md)
@@ -208,6 +221,8 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
                               severity=dg.AssetCheckSeverity.WARN, metadata={
                                   k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
                                   for k, v in decision.items() if v is not None})  # fmt: skip
+    yield dg.AssetCheckResult(check_name=TRAINED_CHECK, passed=not same_as_base, severity=dg.AssetCheckSeverity.ERROR,
+                              metadata={"embedder": str(embedder_path), "base": str(s.embedder_base.path)})  # fmt: skip
 
 
 def _zeroshot(context, s, embedder, roots: dict[str, str], cache_dir) -> dict[str, dict[str, float]]:
@@ -228,10 +243,11 @@ def _zeroshot(context, s, embedder, roots: dict[str, str], cache_dir) -> dict[st
 
 
 def _promote(context, s, tracking_uri: str, version: str | None, scores: dict[str, float],
-             fingerprints: dict[str, str], eval_df, cache_dir, run) -> dict:  # fmt: skip
+             fingerprints: dict[str, str], eval_df, cache_dir, run, *, same_as_base: bool = False) -> dict:  # fmt: skip
     """Compare with `champion`, record the scores on the version, move the alias when it wins."""
     from unime_assets.evaluation import promotion
     from unime_assets.evaluation.runner import ModelHandle, evaluate_model
+    from unime_assets.tracking.registry import is_complete
 
     required = s.eval_subset_names
     if version is None:
@@ -240,6 +256,14 @@ def _promote(context, s, tracking_uri: str, version: str | None, scores: dict[st
             "promote": False,
             "reason": f"no registered {EMBEDDER_MODEL} version to promote",
         }
+    blocker = None
+    if not is_complete(promotion.version_tags(tracking_uri, EMBEDDER_MODEL, version)):
+        blocker = f"version {version} has no lineage tags (an interrupted registration): never promoted"
+    elif same_as_base:
+        blocker = f"version {version} holds the untrained base's weights: never promoted"
+    if blocker is not None:
+        context.log.warning(blocker)
+        return {"passed": False, "promote": False, "reason": blocker, "candidate_version": version}
     champ = promotion.alias_version(tracking_uri, EMBEDDER_MODEL, promotion.CHAMPION)
     champion = None
     if champ is not None:

@@ -12,7 +12,13 @@ import numpy as np
 import polars as pl
 
 from unime_assets.config import ENSEMBLE, Settings
-from unime_assets.defs.assets._common import markdown_table, run_metadata, upstream_run_ids
+from unime_assets.defs.assets._common import (
+    TRAIN_ITEMS,
+    markdown_table,
+    naming_rows,
+    run_metadata,
+    upstream_run_ids,
+)
 from unime_assets.defs.partitions import JUDGES, check_partition, judge_key, train_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
@@ -62,13 +68,14 @@ def judge_scores_asset(name: str) -> dg.AssetsDefinition:
                             "prompt_version": PROMPT_VERSION, "pairs": n_pairs,
                             **j.model_dump(exclude_none=True), "backend": backend,
                             **upstream_run_ids(context, ["candidate_pool", f"judge_model/{name}"])})  # fmt: skip
-            df = score_candidate_pool(mmeb_train, candidate_index, candidate_pool, str(path), str(s.train_image_root),
-                                      batch_size=j.batch_size, on_batch=progress,
-                                      shard_dir=s.asset_dir("judge_scores") / "shards" / name / subset,
-                                      shard_queries=j.shard_queries, backend=backend, share_prefix=j.share_prefix,
-                                      image_cache_mb=j.image_cache_mb, vllm_options=j.vllm_options(),
-                                      dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
-                                      on_shard=on_shard)  # fmt: skip
+            shard_dir = s.asset_dir("judge_scores") / "shards" / name / subset
+            with naming_rows(f"judge_scores/{name}[{subset}]", mmeb_train, TRAIN_ITEMS, "pair_id"):
+                df = score_candidate_pool(mmeb_train, candidate_index, candidate_pool, str(path),
+                                          str(s.train_image_root), batch_size=j.batch_size, on_batch=progress,
+                                          shard_dir=shard_dir, shard_queries=j.shard_queries, backend=backend,
+                                          share_prefix=j.share_prefix, image_cache_mb=j.image_cache_mb,
+                                          vllm_options=j.vllm_options(), dtype=spec.dtype,
+                                          on_shard=on_shard)  # fmt: skip
             pos = df["pos_score"].to_numpy()
             cands = [np.asarray(c) for c in df["cand_scores"].to_list()]
             quality = score_quality(pos, cands)
@@ -76,6 +83,13 @@ def judge_scores_asset(name: str) -> dg.AssetsDefinition:
             flat = np.concatenate(cands) if cands else np.empty(0)
             hist = run.log_figure(plots.histograms({"positive": pos, "candidates": flat}, f"judge {name} scores"),
                                   "scores")  # fmt: skip
+            if s.maintenance.collect_garbage:  # shards of other judges / prompts / inputs: never read again
+                from unime_assets.judging.shards import stale_shards
+                from unime_assets.maintenance import Garbage, collect
+
+                stale = stale_shards(shard_dir)
+                collect([Garbage(p, "judge_shard", "stale", 0) for p in stale])
+                shards["stale_removed"] = len(stale)
             run.log_metrics({f"shards_{k}": v for k, v in shards.items()})
         return dg.Output(df, metadata={"judge": name, "family": family, "pairs": n_pairs, **quality,
                                        **{f"shards_{k}": v for k, v in shards.items()},

@@ -6,7 +6,13 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from unime_assets.defs.assets._common import markdown_table, run_metadata, upstream_run_ids
+from unime_assets.defs.assets._common import (
+    TRAIN_ITEMS,
+    markdown_table,
+    naming_rows,
+    run_metadata,
+    upstream_run_ids,
+)
 from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.assets.judges import mining_inputs, scores_for_mining
 from unime_assets.defs.partitions import JUDGES, check_partition, train_partitions
@@ -27,12 +33,21 @@ def candidate_index(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
     with mlflow.run(context) as run:
         run.log_params({"retriever": s.retriever_path, "subsets": ",".join(mmeb_train), **r.model_dump(),
                         **upstream_run_ids(context, ["retriever_model"])})  # fmt: skip
-        res = build_candidate_index(train, str(s.retriever_path), str(s.train_image_root),
+        with naming_rows("candidate_index", train, TRAIN_ITEMS, "pair_id"):
+            res = build_candidate_index(train, str(s.retriever_path), str(s.train_image_root),
                                     s.asset_dir("candidate_index"), cache_dir=s.asset_dir("embedding_cache"),
                                     index_kind=r.index_kind, batch_size=r.batch_size, use_gpu=r.use_gpu,
-                                    nlist=r.nlist, nprobe=r.nprobe, hnsw_m=r.hnsw_m,
-                                    ef_construction=r.ef_construction, ef_search=r.ef_search)  # fmt: skip
+                                        nlist=r.nlist, nprobe=r.nprobe, hnsw_m=r.hnsw_m,
+                                        ef_construction=r.ef_construction, ef_search=r.ef_search)  # fmt: skip
         stats = {"pool_size": res.candidates.height, "subsets": len(mmeb_train), **res.stats}
+        if s.maintenance.collect_garbage:  # orphan temp files, stale shards, namespaces of retrained models
+            from unime_assets.config import unime_home
+            from unime_assets.defs.recovery import collect_artifacts
+
+            found, freed = collect_artifacts(s, unime_home() / "assets" / "tables")
+            stats.update(garbage_items=len(found), garbage_mib=round(freed / 2**20, 2))
+            for g in found:
+                context.log.info(f"removed {g.kind} {g.path}: {g.reason}")
         run.log_metrics({k: v for k, v in stats.items() if isinstance(v, int | float)})
     context.log.info(f"candidate index: {stats}")
     return dg.Output(res.candidates, metadata={**stats, "index_dir": dg.MetadataValue.path(str(res.out_dir)),
@@ -52,10 +67,11 @@ def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, 
     with mlflow.run(context) as run:
         run.log_params({"retriever": s.retriever_path, "top_k": s.retrieval.top_k, "delta": "positive similarity",
                         **upstream_run_ids(context, ["candidate_index"])})  # fmt: skip
-        pool, stats = search_candidate_pool(mmeb_train, s.asset_dir("candidate_index"), str(s.retriever_path),
-                                            str(s.train_image_root), cache_dir=s.asset_dir("embedding_cache"),
-                                            top_k=r.top_k, batch_size=r.batch_size, chunk=r.search_chunk,
-                                            use_gpu=r.use_gpu, nprobe=r.nprobe, ef_search=r.ef_search)  # fmt: skip
+        with naming_rows(f"candidate_pool[{context.partition_key}]", mmeb_train, TRAIN_ITEMS, "pair_id"):
+            pool, stats = search_candidate_pool(mmeb_train, s.asset_dir("candidate_index"), str(s.retriever_path),
+                                                str(s.train_image_root), cache_dir=s.asset_dir("embedding_cache"),
+                                                top_k=r.top_k, batch_size=r.batch_size, chunk=r.search_chunk,
+                                                use_gpu=r.use_gpu, nprobe=r.nprobe, ef_search=r.ef_search)  # fmt: skip
         n_kept = pool["cand_ids"].list.len()
         stats = {**stats, "queries": pool.height, "mean_candidates": float(n_kept.mean()),
                  "min_candidates": int(n_kept.min()), "mean_pos_sim": float(pool["pos_sim"].mean())}  # fmt: skip

@@ -127,7 +127,7 @@ def _held_out_quality(run, s, spec, path, evals: pl.DataFrame) -> tuple[dict[str
     from unime_assets.models.encoding import ImageLoader
     from unime_assets.models.loading import load_model
 
-    lm = load_model(path, role="judge", dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+    lm = load_model(path, role="judge", dtype=spec.dtype)  # trust_remote_code as configured, like every loader
     images = ImageLoader(s.eval_image_root, s.evaluation.image_size)
     info = s.eval_catalog
     aucs, hist, n_pairs, pos_mean = {}, None, 0, float("nan")
