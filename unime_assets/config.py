@@ -160,16 +160,27 @@ class MiningSettings(Strict):
 
 
 class BootstrapSettings(Strict):
-    """Embedded default only: brief training that stands in for pretrained retriever / judge."""
+    """Embedded default only: brief training that stands in for the pretrained models of the paper.
+
+    `pretrained_base` first pretrains the tiny Qwen2-VL generatively (chat SFT on the image-text
+    corpus `pretrain_corpus`: descriptions and visual questions), as a real MLLM has seen image-text
+    data; the retriever bootstrap (in-batch InfoNCE, the VLM2Vec stand-in) and the embedder both start
+    from it. The judge is bootstrapped from its own tiny base (Yes/No SFT) and the reranker from it."""
 
     ranges = {"retriever_steps": ((">=", 1),), "retriever_batch_size": ((">=", 1),), "retriever_lr": ((">", 0),),
-              "retriever_temperature": ((">", 0),), "judge_steps": ((">=", 1),), "judge_batch_size": ((">=", 1),),
-              "judge_lr": ((">", 0),)}  # fmt: skip
+              "retriever_temperature": ((">", 0),), "retriever_warmup_steps": ((">=", 0),),
+              "judge_steps": ((">=", 1),), "judge_batch_size": ((">=", 1),), "judge_lr": ((">", 0),),
+              "pretrain_steps": ((">=", 0),), "pretrain_batch_size": ((">=", 1),), "pretrain_lr": ((">", 0),)}  # fmt: skip
 
     enabled: bool = False
+    pretrain_steps: int = 300  # 0: the embedder and retriever start from the random tiny base
+    pretrain_batch_size: int = 32
+    pretrain_lr: float = 1e-3
+    pretrain_corpus: Path | None = None  # parquet of (image_path, question, answer, kind); images beside it
     retriever_steps: int = 150
     retriever_batch_size: int = 32
     retriever_lr: float = 1e-3
+    retriever_warmup_steps: int | None = None  # None: a tenth of the steps
     retriever_temperature: float = 0.05
     judge_steps: int = 250
     judge_batch_size: int = 32
@@ -209,7 +220,13 @@ class EmbedderSettings(TrainSettings):
 
 
 class RerankerSettings(TrainSettings):
+    ranges = {"listwise_per_query": ((">=", 1),)}
+
     batch_size: int = 32
+    # Listwise training lists: None, the official fixed 6 (positive + 5 hard negatives); (lo, hi): a
+    # length drawn in lo..hi per example, to train the list lengths inference shows (2..rerank_top_k).
+    list_sizes: tuple[int, int] | None = None
+    listwise_per_query: int = 1  # listwise examples per query (official: 1), beside the two pairwise ones
     lr: float = 2e-5
     warmup_steps: int = 60
     lora: LoraConfig = Field(
@@ -218,6 +235,16 @@ class RerankerSettings(TrainSettings):
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         )
     )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _list_sizes(self) -> RerankerSettings:
+        if self.list_sizes is not None and not 2 <= self.list_sizes[0] <= self.list_sizes[1]:
+            raise ValueError(f"list_sizes must be (lo, hi) with 2 <= lo <= hi, got {self.list_sizes}")
+        return self
+
+    @property
+    def sequences_per_query(self) -> int:
+        return 2 + self.listwise_per_query  # pairwise Yes, pairwise No, and the listwise examples
 
 
 class ValidationSettings(Strict):
@@ -278,6 +305,7 @@ class EvalSettings(Strict):
     rerank_top_k: int = 10
     rerank_batch_size: int = 8
     rerank_mode: Literal["listwise", "pairwise"] = "listwise"
+    rerank_also: list[Literal["listwise", "pairwise"]] = Field(default_factory=list)  # more rows beside rerank_mode
     rerank_max_pixels: int | None = 300 * 28 * 28  # the official reranker's image budget
     rerank_max_new_tokens: int = 16
     promote_min_gain: float = 0.0  # `champion` moves only when overall P@1 improves by more than this
@@ -290,6 +318,23 @@ class EvalSettings(Strict):
         if unknown := set(self.zeroshot_roots) - set(ZEROSHOT_SETS):
             raise ValueError(f"evaluation.zeroshot_roots: unknown set(s) {sorted(unknown)}; known: {ZEROSHOT_SETS}")
         return self
+
+
+class AblationSettings(Strict):
+    """The ablation job (unime_assets/ablation): embedders trained from the same base, on the same data
+    and budget, differing in one factor each (variants), once per seed."""
+
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)  # training (and mining) seeds
+    variants: list[str] | None = None  # None: every variant (unime_assets/ablation/variants.py)
+    # The grids (paper Table 6: k 4/6/8/10; Table 10: τ 0.01/0.02/0.03); the profile's own value is the
+    # `unime_v2` row of each table.
+    k_values: list[int] = Field(default_factory=lambda: [4, 6, 8], min_length=1)
+    temperatures: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05], min_length=1)
+    mining_rules: list[Literal["unime_v2", "topk_abs", "topk_margin_pos", "topk_perc_pos", "rank_window", "top",
+                               "random"]] = Field(default_factory=lambda: ["unime_v2", "topk_perc_pos", "random"],
+                                                  min_length=1)  # fmt: skip
+    judges: bool = True  # Table 5 rows (`judge:<name>`, `judge:ensemble`) when the profile has several judges
+    baseline: str = "infonce_inbatch"  # the paired differences are taken to this variant
 
 
 class Settings(Strict):
@@ -322,6 +367,14 @@ class Settings(Strict):
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    ablation: AblationSettings = Field(default_factory=AblationSettings)
+    # The generator's ground truth of the train split (synthetic data only; None for real data): what
+    # every query wants and every target means, to count the false negatives each rule removes.
+    truth_file: Path | None = None
+    # torch intra-op threads per CPU process (training ranks included); 0: torch's default (all cores).
+    # One by default: the reduction order, hence the numbers, depend on the thread count, and two
+    # threads next to another busy process spin-wait (measured 20x slower per step on 2 shared cores).
+    torch_threads: int = Field(1, ge=0)
 
     ranges = {"max_per_subset": ((">=", 1),)}
 
@@ -422,6 +475,14 @@ class Settings(Strict):
 
     # Checkpoint locations: bootstrapped models live under the artifacts root, real ones where configured.
     @property
+    def embedder_base_path(self) -> Path:
+        """Where the embedder (and, bootstrapped, the retriever) starts: the generatively pretrained tiny
+        base of the embedded default (`pretrained_base`), else the configured pretrained MLLM."""
+        if self.bootstrap.enabled and self.bootstrap.pretrain_steps > 0:
+            return self.asset_dir("pretrained_base")
+        return _required(self.embedder_base, "embedder_base")
+
+    @property
     def retriever_path(self) -> Path:
         return (
             self.asset_dir("retriever_model")
@@ -456,7 +517,7 @@ class Settings(Strict):
                 derived += [self.asset_dir("reranker_checkpoint"), registry / "unime-v2-reranker"]
             add(j.trust_remote_code, j.path, *derived)
         add(self.embedder_base.trust_remote_code, self.embedder_base.path, self.asset_dir("embedder_checkpoint"),
-            registry / "unime-v2-embedder")
+            registry / "unime-v2-embedder", self.asset_dir("pretrained_base"))
         add(self.reranker_base.trust_remote_code, self.reranker_base.path, self.asset_dir("reranker_checkpoint"),
             registry / "unime-v2-reranker")
         return out
@@ -468,15 +529,23 @@ def _required(src: ModelSource, role: str) -> Path:
     return Path(src.path)
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
         out[key] = (
-            _deep_merge(out[key], value)
+            deep_merge(out[key], value)
             if isinstance(value, dict) and isinstance(out.get(key), dict)
             else value
         )
     return out
+
+
+def with_overrides(settings: Settings, overrides: dict) -> Settings:
+    """`settings` with `overrides` deep-merged in, validated again as a whole."""
+    try:
+        return Settings.model_validate(deep_merge(settings.model_dump(mode="json"), overrides))
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings overrides {overrides}:\n" + format_errors(exc)) from None
 
 
 def load_settings(path: str | os.PathLike, overrides: dict | None = None) -> Settings:
@@ -489,7 +558,7 @@ def load_settings(path: str | os.PathLike, overrides: dict | None = None) -> Set
     if not isinstance(raw, dict):
         raise ValueError(f"{p}: expected a mapping at the top level")
     try:
-        return Settings.model_validate(_deep_merge(raw, overrides or {}))
+        return Settings.model_validate(deep_merge(raw, overrides or {}))
     except ValidationError as exc:  # one line per setting at fault, no pydantic internals
         raise SettingsError(f"invalid settings in {p}:\n" + format_errors(exc)) from None
 

@@ -8,7 +8,7 @@ import os
 import dagster as dg
 
 from unime_assets.defs import checks
-from unime_assets.defs.assets import data, evaluation, judges, mining, models, training
+from unime_assets.defs.assets import ablation, data, evaluation, judges, mining, models, training
 from unime_assets.defs.automation import with_automation
 from unime_assets.defs.io_managers import PolarsParquetIOManager
 from unime_assets.defs.resources import MlflowResource, SettingsResource, mlflow_run_follows_step
@@ -33,7 +33,7 @@ def _executor() -> dg.ExecutorDefinition:
 
 
 def build_definitions() -> dg.Definitions:
-    assets = dg.load_assets_from_modules([data, models, judges, mining, training, evaluation])
+    assets = dg.load_assets_from_modules([data, models, judges, mining, training, evaluation, ablation])
     # a step that fails after its MLflow run ended (the table write) marks that run FAILED
     assets = [a.with_attributes(hook_defs={mlflow_run_follows_step}) for a in assets]
     return with_automation(

@@ -16,12 +16,17 @@ from unime_assets.data.catalog import SYNTHETIC_EVAL, SYNTHETIC_TRAIN
 from unime_assets.data.images import load_image, resolve_image_path
 from unime_assets.data.mmeb import read_eval_subset, read_train_subset
 from unime_assets.data.synthetic import (
+    CANONICAL,
+    CAPTION_PARAPHRASES,
     COLOURS,
     POSITIONS,
     SHAPES,
     SyntheticLayout,
+    TruthIndex,
     corpus_texts,
     generate,
+    generate_pretraining,
+    relation,
 )
 
 N_TRAIN, N_EVAL, N_CAND, SIZE = 6, 4, 8, 56
@@ -33,6 +38,11 @@ CROP_TGT = f"{TOK}\nRepresent the given cropped image of the object"
 VQA = f"{TOK}\nRepresent the given image with the following question: "
 C, S, P = "|".join(COLOUR_ORDER), "circle|square|triangle", "top left|top right|bottom left|bottom right"
 CAPTION = rf"A ({C}) ({S}) in the ({P})\."
+# Train captions may be paraphrased (the eval keeps the canonical template).
+TRAIN_CAPTION = "|".join(
+    [CAPTION] + [re.escape(t).replace(r"\{c\}", f"({C})").replace(r"\{s\}", f"({S})").replace(r"\{p\}", f"({P})")
+                 for t in CAPTION_PARAPHRASES]
+)  # fmt: skip
 
 # Full-match patterns for queries (eval qry_text == train qry).
 QRY = {
@@ -186,7 +196,7 @@ def test_query_and_target_templates(syn: SyntheticLayout) -> None:
         if s == "SynCaps_t2i":
             assert set(tr["pos_text"]) == {IMG_TGT} and set(tr["qry_image_path"]) == {""}
         if s == "SynCaps_i2t":
-            assert all(re.fullmatch(CAPTION, p) for p in tr["pos_text"])
+            assert all(re.fullmatch(TRAIN_CAPTION, p) for p in tr["pos_text"])
         if s == "SynGround":
             assert set(tr["pos_text"]) == {CROP_TGT}
 
@@ -244,7 +254,7 @@ def test_classification_labels_match_pixels(syn: SyntheticLayout) -> None:
         for rel, label in rows:
             img = _train_img(syn, rel[6:]) if rel.startswith("train:") else _eval_img(syn, rel)
             (obj,) = objects(img)
-            assert obj[attr] == label, (s, rel, obj, label)
+            assert obj[attr] == CANONICAL[label], (s, rel, obj, label)  # train labels may be synonyms
             # big enough for 14 px patches: the object covers a large part of the canvas
             assert (np.all(_arr(img) == np.array(COLOURS[obj[0]]), axis=2)).mean() > 0.25
 
@@ -255,7 +265,7 @@ def test_vqa_labels_match_pixels(syn: SyntheticLayout) -> None:
         objs = objects(_train_img(syn, qi))
         assert len(objs) == 2 and objs[0][1] != objs[1][1] and objs[0][2] != objs[1][2]
         shape = re.search(r"the (\w+)\?", q).group(1)
-        assert [c for c, sh, _ in objs if sh == shape] == [pos]
+        assert [c for c, sh, _ in objs if sh == shape] == [CANONICAL[pos]]
         assert neg != pos and neg in {c for c, _, _ in objs} and neg_i == ""
     for q, qi, tt, _ in read_eval_subset(syn.eval_root, "SynVQA").iter_rows():
         shape = re.search(r"the (\w+)\?", q).group(1)
@@ -385,3 +395,73 @@ def test_corpus_texts(syn: SyntheticLayout) -> None:
         assert t in texts, t
     assert f"{TOK}\nRepresent the given image for classification\n" in texts
     assert any(re.fullmatch(QRY["SynRefer"], t) for t in texts)
+
+
+# ----------------------------------------------------------------------------- phenomena and ground truth
+
+
+def test_truth_sidecar_labels_every_train_row(tmp_path: Path) -> None:
+    layout = generate(tmp_path / "syn", n_train=40, n_eval=2, synonym_rate=0.5, paraphrase_rate=0.5)
+    truth = TruthIndex.read(layout.truth_file)
+    for s in layout.train_subsets:
+        rows = read_train_subset(layout.train_root, s).select("qry", "qry_image_path", "pos_text", "pos_image_path")
+        for q, qi, pt, pi in rows.iter_rows():
+            assert truth.relation((q, qi, pt, pi), (pt, pi)) == "false_negative"  # the positive is correct
+            assert not truth.is_false_negative((q, qi, pt, pi), (pt, pi))  # ... but not a false negative
+    # synonyms of both colour tables and paraphrases are written
+    texts = {t for (t, _) in truth.meaning}
+    assert texts & {"scarlet", "emerald", "azure"} and texts & {"crimson", "jade", "cobalt"}
+    assert any(v == "paraphrase" for v in truth.variant.values())
+    counts = json.loads((tmp_path / "syn" / "manifest.json").read_text())["phenomena"]
+    assert counts["SynColor"]["mean_false_negative"] > 0 and counts["SynColor"]["mean_false_negative_other_subset"] > 0
+    assert counts["SynCaps_i2t"]["mean_hard"] > 0 and counts["SynGround"]["mean_easy"] > 0
+    assert counts["SynColor"]["positives_synonym"] > 0 and counts["SynCaps_i2t"]["positives_paraphrase"] > 0
+
+
+def test_relation_matrix_matches_relation(tmp_path: Path) -> None:
+    layout = generate(tmp_path / "syn", n_train=8, n_eval=1)
+    truth = TruthIndex.read(layout.train_root.parent)  # the data root finds the sidecar too
+    queries, targets = list(truth.want), list(truth.meaning)
+    m = truth.relation_matrix(queries, targets)
+    names = ("false_negative", "hard", "same_type", "easy")
+    for i, q in enumerate(queries):
+        for j, t in enumerate(targets):
+            expected = -1 if t == (q[2], q[3]) else names.index(truth.relation(q, t))
+            assert m[i, j] == expected
+    assert (truth.relation_matrix([("x", "", "y", "")], targets) == -1).all()  # unknown query: no relation
+
+
+def test_relation_kinds() -> None:
+    assert relation(["colour", "red"], ["colour", "red"]) == "false_negative"
+    assert relation(["colour", "red"], ["colour", "blue"]) == "hard"
+    assert relation(["scene", "red", "circle", "top left"], ["scene", "red", "square", "top right"]) == "same_type"
+    assert relation(["colour", "red"], ["count", "two"]) == "easy"
+
+
+def test_eval_unchanged_by_train_phenomena(tmp_path: Path) -> None:
+    a = generate(tmp_path / "a", n_train=5, n_eval=3, synonym_rate=0.0, paraphrase_rate=0.0)
+    b = generate(tmp_path / "b", n_train=5, n_eval=3, synonym_rate=1.0, paraphrase_rate=1.0)
+    assert _files(a.eval_root) == _files(b.eval_root) and _files(a.eval_image_root) == _files(b.eval_image_root)
+    assert all(CANONICAL[t] != t for t in read_train_subset(b.train_root, "SynColor")["pos_text"])
+
+
+def test_truth_file_lost_regenerates(tmp_path: Path) -> None:
+    layout = generate(tmp_path / "syn", n_train=2, n_eval=1)
+    layout.truth_file.unlink()
+    generate(tmp_path / "syn", n_train=2, n_eval=1)
+    assert layout.truth_file.is_file()
+
+
+def test_pretraining_corpus(tmp_path: Path) -> None:
+    f = generate_pretraining(tmp_path, n_images=30)
+    assert _files(f.parent) == _files(generate_pretraining(tmp_path / "again", n_images=30).parent)
+    rows = pq.read_table(f).to_pylist()
+    assert len(rows) == 60 and {r["kind"] for r in rows} == {"describe", "vqa"}
+    assert all(r["image_path"].startswith("images/pretrain_") and r["answer"] for r in rows)
+    for r in rows:  # answers are about what is drawn
+        objs = objects(load_image(resolve_image_path(f.parent, r["image_path"], fallbacks=False)))
+        if r["question"] == "How many shapes are in the image?":
+            assert COUNTS.index(r["answer"]) + 1 == len(objs)
+        if r["kind"] == "describe":
+            words = re.findall(r"\w+", r["answer"].lower())
+            assert {CANONICAL.get(w) for w in words} >= {c for c, _, _ in objs}

@@ -9,18 +9,23 @@ from unime_assets.definitions import defs
 CONTRACT = {
     "mmeb_train": set(),
     "mmeb_eval": set(),
-    "retriever_model": {"mmeb_train"},
+    "pretrained_base": set(),
+    "retriever_model": {"mmeb_train", "pretrained_base"},
     # one judge_model/<name> and judge_scores/<name> per judge; the embedded default has one judge
     "judge_model/qwen25vl": {"mmeb_train", "mmeb_eval"},
     "candidate_index": {"mmeb_train", "retriever_model"},
     "candidate_pool": {"mmeb_train", "candidate_index"},
     "judge_scores/qwen25vl": {"mmeb_train", "candidate_pool", "candidate_index", "judge_model/qwen25vl"},
     "judge_ensemble": {"candidate_pool", "judge_scores/qwen25vl"},
-    "mined_negatives": {"judge_scores/qwen25vl", "judge_ensemble", "candidate_pool", "candidate_index"},
+    "mined_negatives": {"mmeb_train", "judge_scores/qwen25vl", "judge_ensemble", "candidate_pool", "candidate_index"},
     "training_set": {"mmeb_train", "mined_negatives", "candidate_index"},
-    "embedder_checkpoint": {"training_set"},
+    "embedder_checkpoint": {"training_set", "pretrained_base"},
     "reranker_checkpoint": {"training_set", "judge_model/qwen25vl"},
-    "mmeb_report": {"mmeb_eval", "retriever_model", "embedder_checkpoint", "reranker_checkpoint"},
+    "mmeb_report": {"mmeb_eval", "pretrained_base", "retriever_model", "embedder_checkpoint", "reranker_checkpoint"},
+    # the ablation: every train / eval partition of the shared inputs, one run per (variant, seed)
+    "ablation_run": {"mmeb_train", "mmeb_eval", "pretrained_base", "candidate_index", "candidate_pool",
+                     "judge_scores/qwen25vl", "judge_ensemble"},
+    "ablation_report": {"ablation_run"},
 }
 
 
@@ -32,7 +37,7 @@ def test_asset_keys_and_lineage():
         node = graph.get(dg.AssetKey.from_user_string(name))
         assert {p.to_user_string() for p in node.parent_keys} == parents, name
     groups = {graph.get(dg.AssetKey.from_user_string(n)).group_name for n in CONTRACT}
-    assert groups == {"data", "models", "mining", "training", "evaluation"}
+    assert groups == {"data", "models", "mining", "training", "evaluation", "ablation"}
 
 
 PARTITIONED = {"mmeb_train": "train", "candidate_pool": "train", "judge_scores/qwen25vl": "train",
@@ -46,6 +51,11 @@ def test_partitions_follow_the_catalog():
     graph = defs.resolve_asset_graph()
     for name in CONTRACT:
         pdef = graph.get(dg.AssetKey.from_user_string(name)).partitions_def
+        if name == "ablation_run":  # variant x seed
+            assert {d.name for d in pdef.partitions_defs} == {"variant", "seed"}
+            variants = pdef.get_partitions_def_for_dimension("variant").get_partition_keys()
+            assert {"infonce_inbatch", "infonce_mined", "unime_v2"} <= set(variants)
+            continue
         if name not in PARTITIONED:
             assert pdef is None, name
             continue

@@ -29,7 +29,7 @@ def _assets():
     from unime_assets.defs import checks
     from unime_assets.defs.assets import data, judges, mining, models, training
 
-    return [data.mmeb_train, data.mmeb_eval, models.retriever_model, mining.candidate_index, mining.candidate_pool,
+    return [data.mmeb_train, data.mmeb_eval, models.pretrained_base, models.retriever_model, mining.candidate_index, mining.candidate_pool,
             *[models.judge_model_asset(n) for n in JUDGES], *[judges.judge_scores_asset(n) for n in JUDGES],
             judges.judge_ensemble_asset(JUDGES), mining.mined_negatives_asset(JUDGES), mining.training_set,
             training.embedder_checkpoint, *[checks.judge_scores_check(n) for n in JUDGES], checks.judge_ensemble_valid]  # fmt: skip
@@ -62,7 +62,7 @@ def env(tmp_path_factory):
             _run(out, ["mmeb_train"], p)
         for p in EVAL:
             _run(out, ["mmeb_eval"], p)
-        _run(out, ["retriever_model", *[f"judge_model/{n}" for n in JUDGES], "candidate_index"])
+        _run(out, ["pretrained_base", "retriever_model", *[f"judge_model/{n}" for n in JUDGES], "candidate_index"])
         chain = ["candidate_pool", *[f"judge_scores/{n}" for n in JUDGES], "judge_ensemble"]
         out["ensemble"] = {p: _run(out, chain, p) for p in TRAIN}
         yield out

@@ -25,7 +25,8 @@ def env(tmp_path, embedded_home, tiny_qwen2vl, tiny_qwen25vl):
     raw.update(artifacts_root=str(tmp_path / "assets"), eval_subsets=EVAL)
     raw["evaluation"] = {**raw.get("evaluation", {}), "rerank": False}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
-    for name, src in (("retriever_model", tiny_qwen2vl), ("embedder_checkpoint", tiny_qwen2vl)):
+    for name, src in (("pretrained_base", tiny_qwen2vl), ("retriever_model", tiny_qwen2vl),
+                      ("embedder_checkpoint", tiny_qwen2vl)):  # fmt: skip
         shutil.copytree(src, tmp_path / "assets" / name)
     nudge_weights(tmp_path / "assets" / "embedder_checkpoint")  # "trained"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -22,8 +22,8 @@ def report_env(tmp_path_factory, embedded_home, tiny_qwen2vl, tiny_qwen25vl):
     raw["artifacts_root"] = str(root / "assets")
     raw["eval_subsets"] = EVAL  # the configured eval set: evaluating both is a complete evaluation
     (root / "settings.yaml").write_text(yaml.safe_dump(raw))
-    for name, src in (("retriever_model", tiny_qwen2vl), ("embedder_checkpoint", tiny_qwen2vl),
-                      ("reranker_checkpoint", tiny_qwen25vl)):  # fmt: skip
+    for name, src in (("pretrained_base", tiny_qwen2vl), ("retriever_model", tiny_qwen2vl),
+                      ("embedder_checkpoint", tiny_qwen2vl), ("reranker_checkpoint", tiny_qwen25vl)):  # fmt: skip
         shutil.copytree(src, root / "assets" / name)
     # A registered model version's files, laid out as the pyfunc model's artifacts.
     shutil.copytree(tiny_qwen2vl, root / "registered" / "artifacts" / "checkpoint")

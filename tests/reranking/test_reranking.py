@@ -129,3 +129,31 @@ def test_max_pixels_shrinks_large_images_keeping_aspect():
     assert out.size[0] * out.size[1] <= 300 * 28 * 28 and abs(out.size[0] / out.size[1] - 2.0) < 0.02
     small = Image.new("RGB", (64, 64))
     assert MaxPixels(lambda _: small)("x") is small
+
+
+def test_variable_list_sizes_train_every_length_inference_shows():
+    """list_sizes (lo, hi): listwise lists of every length lo..hi (capped by the distinct negatives + 1),
+    the mined list's cyclic repeats dropped, the positive's slot valid for the list it is in."""
+    rng = random.Random(0)
+    distinct = [Item(f"n{i}") for i in range(6)]
+    negs = [*distinct, *distinct[:4]]  # a mined list of 10 with cyclic repeats (6 distinct)
+    lengths = Counter()
+    for _ in range(400):
+        ex = reranker_examples(Item("q"), Item("p"), negs, rng, list_sizes=(2, 10), n_listwise=2)
+        assert [e.kind for e in ex] == ["pair_pos", "pair_neg", "list", "list"]
+        for e in ex[2:]:
+            cands = [t for t in _texts(e.messages) if t in {"p", *(n.text for n in distinct)}]
+            assert len(cands) == len(set(cands)) and cands[_slot(e.answer)] == "p"
+            lengths[len(cands)] += 1
+    assert set(lengths) == set(range(2, 8))  # 2 .. 6 distinct negatives + the positive
+    with pytest.raises(ValueError, match="n_listwise"):
+        reranker_examples(Item("q"), Item("p"), negs, rng, n_listwise=0)
+
+
+def test_default_lists_stay_the_official_six():
+    """Without list_sizes the examples are exactly those of the official fixed-6 layout (same draws)."""
+    negs = [Item(f"n{i}") for i in range(10)]
+    a = reranker_examples(Item("q"), Item("p"), negs, random.Random(3))
+    b = reranker_examples(Item("q"), Item("p"), negs, random.Random(3), list_sizes=None, n_listwise=1)
+    assert [(e.answer, e.images, e.messages) for e in a] == [(e.answer, e.images, e.messages) for e in b]
+    assert len([t for t in _texts(a[2].messages) if t.startswith("(")]) == N_LISTWISE

@@ -91,7 +91,12 @@ evaluate_job = dg.define_asset_job(
     "evaluate", selection=EVALUATION_SELECTION, tags=_run_tags("evaluate", 12),
     description="Stage 6: MMEB evaluation and report. Launched by `evaluate_new_embedder` per registered version.",
 )  # fmt: skip
-JOBS = [ingest_train_job, mine_job, train_job, evaluate_job]
+ablation_job = dg.define_asset_job(
+    "ablation", selection=dg.AssetSelection.assets("ablation_run"), tags=_run_tags("ablation", 6),
+    description="The ablation's runs, one per (variant, seed) partition: backfill them (the UI, or "
+    "`unime-assets ablate`, which also materializes what they need and `ablation_report`).",
+)  # fmt: skip
+JOBS = [ingest_train_job, mine_job, train_job, evaluate_job, ablation_job]
 
 
 def _default_status() -> tuple[dg.DefaultScheduleStatus, dg.DefaultSensorStatus]:

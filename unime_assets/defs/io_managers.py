@@ -60,7 +60,8 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
         key = context.upstream_output.asset_key if context.upstream_output else context.asset_key
-        if context.has_asset_partitions and not context.has_partition_key:
+        every = bool((context.definition_metadata or {}).get("all_partitions"))
+        if context.has_asset_partitions and (every or not context.has_partition_key):
             return self._load_partitions(context, key)
         partition = None
         if context.has_asset_partitions:
@@ -82,8 +83,10 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         return bool((context.definition_metadata or {}).get("optional"))
 
     def _load_partitions(self, context: dg.InputContext, key: dg.AssetKey) -> dict[str, pl.DataFrame]:
-        """An unpartitioned asset reading a partitioned one gets {partition: table} of the partitions
-        materialized so far, so backfilling a few subsets is enough to run the rest of the graph."""
+        """An unpartitioned asset reading a partitioned one (or an input declared with
+        AssetIn(metadata={"all_partitions": True}) and AllPartitionMapping, as the ablation's runs read
+        the train subsets) gets {partition: table} of the partitions materialized so far, so
+        backfilling a few subsets is enough to run the rest of the graph."""
         keys = context.asset_partition_keys
         found = {k: p for k in keys if (p := self._path(key, k)).exists()}
         if not found and self._optional(context):

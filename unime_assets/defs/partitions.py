@@ -5,7 +5,8 @@ Partition keys are the subset names of the settings profile the code location lo
 yet). Dagster fixes partitions when it loads the code, so the settings resource's file must list
 the same subsets; assets check this and fail with both lists in the message. The profile's judge
 names are fixed the same way: each judge gets its own `judge_model/<name>` and `judge_scores/<name>`
-assets (separately materialized and resumable), checked against the settings file at run time.
+assets (separately materialized and resumable), checked against the settings file at run time; and
+so are the ablation's variants and seeds (`ablation_run[variant x seed]`).
 """
 
 import dagster as dg
@@ -16,18 +17,29 @@ from unime_assets.data.catalog import get_catalog
 DEFAULT_JUDGES = ["qwen25vl"]  # the embedded default's judge, before its settings file is written
 
 
-def _profile() -> tuple[list[str], list[str], list[str]]:
+def _profile() -> tuple[list[str], list[str], list[str], list[str], list[int]]:
+    from unime_assets.ablation import variant_names
+
     path = default_settings_file()
     if path.is_file():
         s = load_settings(path)
-        return s.train_subset_names, s.eval_subset_names, s.judge_names
+        return s.train_subset_names, s.eval_subset_names, s.judge_names, variant_names(s), s.ablation.seeds
     train, evals = get_catalog("synthetic")  # before `unime-assets build-default` has written the file
-    return list(train), list(evals), list(DEFAULT_JUDGES)
+    return list(train), list(evals), list(DEFAULT_JUDGES), ["infonce_inbatch", "infonce_mined", "unime_v2"], [1, 2, 3]
 
 
-TRAIN_SUBSETS, EVAL_SUBSETS, JUDGES = _profile()
+TRAIN_SUBSETS, EVAL_SUBSETS, JUDGES, ABLATION_VARIANTS, ABLATION_SEEDS = _profile()
 train_partitions = dg.StaticPartitionsDefinition(TRAIN_SUBSETS)
 eval_partitions = dg.StaticPartitionsDefinition(EVAL_SUBSETS)
+# The ablation: one partition per (variant, seed); the variants and seeds of the profile (settings.ablation).
+ablation_partitions = dg.MultiPartitionsDefinition({
+    "variant": dg.StaticPartitionsDefinition(ABLATION_VARIANTS),
+    "seed": dg.StaticPartitionsDefinition([str(x) for x in ABLATION_SEEDS]),
+})  # fmt: skip
+
+
+def ablation_key(variant: str, seed: int) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"variant": variant, "seed": str(seed)})
 
 
 def check_partition(settings: Settings, key: str, kind: str) -> None:

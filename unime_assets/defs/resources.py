@@ -28,9 +28,10 @@ class SettingsResource(dg.ConfigurableResource):
     def get(self) -> Settings:
         overrides = yaml.safe_load(self.overrides_yaml) if self.overrides_yaml.strip() else None
         s = load_settings(self.settings_file or default_settings_file(), overrides)
-        from unime_assets.models.loading import trust_remote_code_for
+        from unime_assets.models.loading import set_torch_threads, trust_remote_code_for
 
         trust_remote_code_for(s.remote_code_paths())  # the one place every loader reads it from
+        set_torch_threads(s.torch_threads)  # every asset reads its settings here before any torch work
         return s
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -76,11 +77,35 @@ class MlflowResource(dg.ConfigurableResource):
 
         return tracking.close_runs(self.uri(), self.experiment_name, status_for)
 
+    def parent_run(self, key: str, name: str, tags: dict[str, str] | None = None) -> str:
+        """The id of the MLflow run tagged `unime.parent_key = key`, created (empty, FINISHED) when there
+        is none: the parent that a job's runs nest under (the ablation's partitions). A file lock makes
+        parallel workers find the same one."""
+        import fcntl
+
+        from mlflow import MlflowClient
+
+        uri = self.uri()
+        exp_id = tracking.ensure_experiment(uri, self.experiment_name, self.artifacts())
+        lock = unime_home() / "mlflow" / "parent-runs.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(tracking_uri=uri)
+        with open(lock, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            found = client.search_runs([exp_id], filter_string=f"tags.`unime.parent_key` = '{key}'", max_results=1)
+            if found:
+                return found[0].info.run_id
+            run = client.create_run(exp_id, run_name=name, tags={"unime.parent_key": key, **(tags or {})})
+            client.set_terminated(run.info.run_id, "FINISHED")
+            return run.info.run_id
+
     @contextlib.contextmanager
-    def run(self, context: dg.AssetExecutionContext) -> Iterator[tracking.RunHandle]:
+    def run(self, context: dg.AssetExecutionContext, parent_run_id: str | None = None) -> Iterator[tracking.RunHandle]:
         asset_key = context.asset_key.to_user_string()
         partition = context.partition_key if context.has_partition_key else None
         tags = tracking.dagster_tags(context.run_id, asset_key, partition)
+        if parent_run_id:  # shown nested under its parent in the MLflow UI
+            tags["mlflow.parentRunId"] = parent_run_id
         name = f"{asset_key}" + (f"[{partition}]" if partition else "")
         for mlflow_run, status in self.close_stale_runs(context.instance, context.run_id):
             context.log.warning(f"MLflow run {mlflow_run} of an ended or dead Dagster run closed as {status}")

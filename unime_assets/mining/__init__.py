@@ -13,6 +13,7 @@ Public functions: `sample_unime_v2`, `mine_unime_v2`, the `mine_*` rules, `mine_
 `mine_table`, `filter_counts`, `filter_rates`, `kept_and_dropped`, `survivor_mask`.
 """
 
+from unime_assets.mining.audit import AUDIT_RULES, rule_audit
 from unime_assets.mining.filters import filter_counts, filter_rates, kept_and_dropped, survivor_mask
 from unime_assets.mining.rules import (
     FILTER_STRATEGIES,
@@ -30,6 +31,7 @@ from unime_assets.mining.rules import (
 from unime_assets.mining.table import MiningParams, mine_query, mine_table, query_seed
 
 __all__ = [
+    "AUDIT_RULES",
     "FILTER_STRATEGIES",
     "STRATEGIES",
     "MinedNegatives",
@@ -47,6 +49,7 @@ __all__ = [
     "mine_topk_perc_pos",
     "mine_unime_v2",
     "query_seed",
+    "rule_audit",
     "sample_unime_v2",
     "survivor_mask",
 ]

@@ -50,6 +50,14 @@ def trust_remote_code_for(paths: Iterable[str | os.PathLike]) -> None:
     _REMOTE_CODE = tuple(Path(p).expanduser().resolve() for p in paths)
 
 
+def set_torch_threads(n: int) -> None:
+    """torch intra-op threads of this process (Settings.torch_threads; 0 leaves torch's default). The
+    thread count changes CPU reduction order, hence the last digits of every number, and two threads
+    beside another busy process spin-wait: one thread per process, parallelism from processes."""
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def remote_code_allowed(path: str | os.PathLike) -> bool:
     p = Path(path).expanduser().resolve()
     return any(p == root or p.is_relative_to(root) for root in _REMOTE_CODE)

@@ -34,30 +34,46 @@ class SFTExample:
 
 
 def reranker_examples(
-    query: Item, positive: Item, negatives: Sequence[Item], rng: random.Random
-) -> list[SFTExample]:
-    """The three training sequences of one query (paper §7.2, with the fixes above).
+    query: Item, positive: Item, negatives: Sequence[Item], rng: random.Random, *,
+    list_sizes: tuple[int, int] | None = None, n_listwise: int = 1,
+) -> list[SFTExample]:  # fmt: skip
+    """The training sequences of one query (paper §7.2, with the fixes above).
 
     pair_pos: (query, positive) -> "Yes"; pair_neg: (query, first hard negative) -> "No";
     list: the positive among the first five hard negatives (fewer when fewer exist), at a slot drawn
     uniformly over all len(hard) + 1 positions; the negatives keep their stored order.
+
+    `list_sizes` = (lo, hi): each listwise example holds instead a list whose length is drawn in lo..hi
+    (capped by the distinct negatives + 1; the mined list's cyclic repeats dropped), so that every
+    length inference shows (the embedder's top-k: 3-8 candidates on the synthetic label tasks, up to
+    10) is trained; with the fixed 6 a tiny reranker answers "(5)" or "(6)" on 3- and 4-item lists.
+    `n_listwise` listwise examples per query, each with its own length and slot.
     """
     if not negatives:
         raise ValueError("reranker_examples needs at least one hard negative")
+    if n_listwise < 1:
+        raise ValueError(f"n_listwise must be >= 1, got {n_listwise}")
     out = [
         SFTExample(pairwise_messages(query, positive), "Yes", images_of([query, positive]), "pair_pos"),
         SFTExample(
             pairwise_messages(query, negatives[0]), "No", images_of([query, negatives[0]]), "pair_neg"
         ),
     ]
-    hard = list(negatives[: N_LISTWISE - 1])
-    slot = rng.randrange(len(hard) + 1)  # uniform over every slot, including the last
-    cands = hard[:slot] + [positive] + hard[slot:]
-    out.append(
-        SFTExample(
-            listwise_messages(query, cands), listwise_answer(slot), images_of([query, *cands]), "list"
+    distinct = list(dict.fromkeys(n for n in negatives if n != positive)) or list(negatives[:1])
+    for _ in range(n_listwise):
+        if list_sizes is None:
+            hard = list(negatives[: N_LISTWISE - 1])
+        else:
+            lo, hi = list_sizes
+            size = rng.randint(min(lo, len(distinct) + 1), min(hi, len(distinct) + 1))
+            hard = distinct[: size - 1]
+        slot = rng.randrange(len(hard) + 1)  # uniform over every slot, including the last
+        cands = hard[:slot] + [positive] + hard[slot:]
+        out.append(
+            SFTExample(
+                listwise_messages(query, cands), listwise_answer(slot), images_of([query, *cands]), "list"
+            )
         )
-    )
     return out
 
 

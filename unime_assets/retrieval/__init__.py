@@ -7,7 +7,8 @@ positive* are kept in retrieval order (δ = sim(q, positive), paper Fig. 2).
 
 Modules: `embedding_cache` (embeddings on disk by model and content), `encoder` (the retriever,
 loaded on first use), `faiss_index` (index kinds), `search` (the δ-rule search),
-`candidate_index` (the global index folder), `pool` (one partition's search).
+`candidate_index` (the global index folder), `pool` (one partition's search), `delta_audit` (with a
+ground truth: what the δ rule removed, its precision and recall).
 
 Public functions: `build_candidate_index`, `search_candidate_pool`, `build_candidate_pool`,
 `search_below_positive`, `exact_filtered_topk`, `build_index`, `make_index`, `encode_cached`.
@@ -15,6 +16,7 @@ Public functions: `build_candidate_index`, `search_candidate_pool`, `build_candi
 
 from unime_assets.data.candidates import build_candidate_table, candidate_key
 from unime_assets.retrieval.candidate_index import CandidateIndex, build_candidate_index
+from unime_assets.retrieval.delta_audit import delta_rule_audit
 from unime_assets.retrieval.embedding_cache import EmbeddingCache
 from unime_assets.retrieval.encoder import Retriever, as_retriever, encode_cached
 from unime_assets.retrieval.faiss_index import (
@@ -54,6 +56,7 @@ __all__ = [
     "build_index",
     "candidate_key",
     "default_nlist",
+    "delta_rule_audit",
     "encode_cached",
     "exact_filtered_topk",
     "faiss_num_gpus",

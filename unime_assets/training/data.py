@@ -87,14 +87,27 @@ def embedder_examples(training_set: pl.DataFrame, k: int) -> list[EmbedderExampl
     return out
 
 
-def reranker_sft_examples(training_set: pl.DataFrame, seed: int = 0) -> list[SFTExample]:
+def reranker_sft_examples(training_set: pl.DataFrame, seed: int = 0, *, list_sizes: tuple[int, int] | None = None,
+                          listwise_per_query: int = 1) -> list[SFTExample]:  # fmt: skip
+    """Per query, in query order: its pairwise Yes, pairwise No and `listwise_per_query` listwise examples."""
     rng = random.Random(seed)
     out: list[SFTExample] = []
     for q, pos, negs in zip(
         _queries(training_set), _positives(training_set), _negatives(training_set), strict=True
     ):
-        out += reranker_examples(q, pos, negs, rng)
+        out += reranker_examples(q, pos, negs, rng, list_sizes=list_sizes, n_listwise=listwise_per_query)
     return out
+
+
+def pretraining_examples(corpus_file) -> list[SFTExample]:
+    """Embedded default only: the generative pretraining corpus (data/synthetic/pretraining.py) as chat
+    SFT examples, one user turn [image, question] -> answer; image paths relative to the corpus folder."""
+    rows = pl.read_parquet(corpus_file)
+    if rows.is_empty():
+        raise ValueError(f"pretraining corpus {corpus_file} has no rows")
+    return [SFTExample([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}], a, [img],
+                       f"pretrain_{kind}")
+            for img, q, a, kind in rows.select("image_path", "question", "answer", "kind").iter_rows()]  # fmt: skip
 
 
 def retriever_pairs(train: pl.DataFrame) -> list[tuple[Item, Item]]:

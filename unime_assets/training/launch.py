@@ -62,6 +62,9 @@ class TrainSpec:
     loss: str = "judge_kl"
     temperature: float = 0.02
     gradcache_chunk: int = 0  # 0: plain full-batch backward
+    # reranker: listwise list lengths (None: the official fixed 6) and listwise examples per query
+    list_sizes: tuple[int, int] | None = None
+    listwise_per_query: int = 1
     # checkpoints
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
@@ -73,6 +76,13 @@ class TrainSpec:
     # the same spec reuses them (defs/assets/training.py)
     spec_key: str = ""
     trust_remote_code: bool = False  # the base's own code may run (settings: ModelSource.trust_remote_code)
+    torch_threads: int = 1  # intra-op threads per rank (Settings.torch_threads; 0: torch's default)
+
+    @property
+    def sequences_per_query(self) -> int:
+        """Sequences a query brings to a batch: 1 for the embedder; the reranker's two pairwise
+        examples and its listwise ones."""
+        return 2 + self.listwise_per_query if self.task == "reranker" else 1
 
     def write(self, path: str | Path) -> Path:
         from unime_assets.io import atomic_path
@@ -84,10 +94,32 @@ class TrainSpec:
     @classmethod
     def read(cls, path: str | Path) -> TrainSpec:
         raw = json.loads(Path(path).read_text())
+        if raw.get("list_sizes") is not None:
+            raw["list_sizes"] = tuple(raw["list_sizes"])
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown training spec keys {sorted(unknown)}")
         return cls(**raw)
+
+
+def spec_from_settings(task: Literal["embedder", "reranker"], s, section, *, base: str | Path,
+                       training_set: str | Path, out_dir: str | Path, **fields: Any) -> TrainSpec:  # fmt: skip
+    """The spec of a training as a settings profile (`s`, and its `embedder` or `reranker` `section`)
+    describes it; `fields` (reporting, trust, a checkpoint policy) override. The one place settings
+    become training fields: the training assets and the ablation's in-process runs both use it."""
+    own: dict[str, Any] = (
+        {"k_negatives": section.k_negatives, "loss": section.loss, "temperature": section.temperature,
+         "gradcache_chunk": section.gradcache_chunk} if task == "embedder"
+        else {"list_sizes": section.list_sizes, "listwise_per_query": section.listwise_per_query}
+    )  # fmt: skip
+    return TrainSpec(
+        task=task, base_path=str(base), training_set=str(training_set), image_root=str(s.train_image_root),
+        out_dir=str(out_dir), steps=section.steps, batch_size=section.batch_size, lr=section.lr,
+        warmup_steps=section.warmup_steps, grad_accum=section.grad_accum, zero_stage=section.zero_stage,
+        bf16=section.bf16, seed=section.seed, lora=section.lora.model_dump(), checkpoint_every=section.checkpoint_every,
+        keep_checkpoints=section.keep_checkpoints, log_every=section.log_every, torch_threads=s.torch_threads,
+        **{**own, **fields},
+    )  # fmt: skip
 
 
 def default_processes() -> int:
@@ -119,10 +151,14 @@ def launch_command(spec_path: str | Path, processes: int = 1, launcher: Launcher
     raise ValueError(f"unknown launcher {launcher!r}; expected 'torchrun' or 'deepspeed'")
 
 
-def launch_env() -> dict[str, str]:
+def launch_env(torch_threads: int = 1) -> dict[str, str]:
     """Environment additions for the ranks: unbuffered output (logs interleave readably), no
-    tokenizer thread pools fighting the ranks for cores."""
-    return {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    tokenizer thread pools fighting the ranks for cores, and the configured intra-op thread count
+    (OpenMP / MKL read it at start; `run_spec` also sets torch's)."""
+    env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if torch_threads > 0:
+        env |= {"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}
+    return env
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,14 +229,15 @@ def run_spec(spec: TrainSpec, pipes=None):
 
     from unime_assets.config import LoraConfig
     from unime_assets.models.encoding import ItemError
-    from unime_assets.models.loading import trust_remote_code_for
+    from unime_assets.models.loading import set_torch_threads, trust_remote_code_for
     from unime_assets.training.engine import EngineConfig, ensure_distributed, world_size
     from unime_assets.training.loop import CheckpointPolicy
 
     trust_remote_code_for([spec.base_path, spec.out_dir] if spec.trust_remote_code else [])
+    set_torch_threads(spec.torch_threads)
     ensure_distributed()
     world = world_size()
-    per_query = 3 if spec.task == "reranker" else 1  # the reranker's 3 SFT sequences per query
+    per_query = spec.sequences_per_query
     if spec.batch_size * per_query % world:
         raise ValueError(f"batch_size {spec.batch_size} (x{per_query} sequences) is not divisible by "
                          f"the {world} processes")  # fmt: skip
@@ -240,7 +277,8 @@ def _train(spec: TrainSpec, ts, cfg, lora, log, policy):
                               temperature=spec.temperature, lora=lora, seed=spec.seed, log=log,
                               gradcache_chunk=spec.gradcache_chunk, checkpoint=policy)  # fmt: skip
     if spec.task == "reranker":
-        examples = reranker_sft_examples(ts, seed=spec.seed)
+        examples = reranker_sft_examples(ts, seed=spec.seed, list_sizes=spec.list_sizes,
+                                         listwise_per_query=spec.listwise_per_query)  # fmt: skip
         return train_sft(spec.base_path, examples, spec.image_root, spec.out_dir, cfg, role="reranker",
                          lora=lora, seed=spec.seed, log=log, checkpoint=policy)  # fmt: skip
     raise ValueError(f"unknown training task {spec.task!r}")

@@ -13,16 +13,34 @@ Each subset draws from its own numpy RNG seeded by (seed, stable hash of the sub
 so subsets are independent, train and eval never share a stream, and output is identical across
 processes (PNG and parquet bytes included, for a fixed pillow/pyarrow version).
 
+The train split holds, in counted amounts, what UniME-V2 is built for: false negatives in the global
+pool (label synonyms, the same label written by another subset, paraphrased captions, other images
+and crops of the same object), one-attribute hard negatives and easy negatives; the ground truth is
+written beside it (`truth`). The eval split keeps the canonical words.
+
 Modules: `world` (palette, shapes, drawing), `subsets` (templates and one row generator per
-subset), `writer` (`generate`: the files, their README cards and a manifest).
+subset; synonyms and paraphrases), `writer` (`generate`: the files, their README cards and a
+manifest), `truth` (the ground-truth sidecar: `TruthIndex`, `relation`, `phenomena_counts`),
+`pretraining` (the image-text corpus the tiny bases are pretrained on).
 """
 
-from unime_assets.data.synthetic.subsets import ALL_CAPTIONS, GENERATORS, IMAGE_TOKEN, caption
+from unime_assets.data.synthetic.pretraining import generate_pretraining, pretraining_texts
+from unime_assets.data.synthetic.subsets import (
+    ALL_CAPTIONS,
+    CANONICAL,
+    CAPTION_PARAPHRASES,
+    GENERATORS,
+    IMAGE_TOKEN,
+    caption,
+)
+from unime_assets.data.synthetic.truth import RELATIONS, TruthIndex, relation
 from unime_assets.data.synthetic.world import COLOUR_NAMES, COLOURS, COUNT_WORDS, POSITIONS, SHAPES
 from unime_assets.data.synthetic.writer import GENERATOR_VERSION, SyntheticLayout, corpus_texts, generate
 
 __all__ = [
     "ALL_CAPTIONS",
+    "CANONICAL",
+    "CAPTION_PARAPHRASES",
     "COLOURS",
     "COLOUR_NAMES",
     "COUNT_WORDS",
@@ -30,9 +48,14 @@ __all__ = [
     "GENERATOR_VERSION",
     "IMAGE_TOKEN",
     "POSITIONS",
+    "RELATIONS",
     "SHAPES",
     "SyntheticLayout",
+    "TruthIndex",
     "caption",
     "corpus_texts",
     "generate",
+    "generate_pretraining",
+    "pretraining_texts",
+    "relation",
 ]

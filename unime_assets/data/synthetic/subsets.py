@@ -71,6 +71,39 @@ ALL_CAPTIONS: tuple[str, ...] = tuple(
 )
 
 
+# Train-only phenomena (the eval keeps the canonical words, so its numbers stay comparable). Label
+# synonyms and caption paraphrases put false negatives into the global candidate pool: a pool entry
+# that answers a query correctly but is not that query's annotated positive (data/synthetic/truth.py).
+COLOUR_SYNONYMS: dict[str, str] = {
+    "red": "scarlet", "green": "emerald", "blue": "azure", "yellow": "golden", "purple": "violet",
+    "orange": "amber", "white": "ivory", "cyan": "aqua",
+}  # fmt: skip
+# SynVQA's annotators use other colour words than SynColor's: its synonyms are false negatives for
+# SynColor queries that exist only in another subset (and vice versa).
+VQA_COLOUR_SYNONYMS: dict[str, str] = {
+    "red": "crimson", "green": "jade", "blue": "cobalt", "yellow": "lemon", "purple": "plum",
+    "orange": "tangerine", "white": "snow", "cyan": "turquoise",
+}  # fmt: skip
+SHAPE_SYNONYMS: dict[str, str] = {"circle": "disc", "square": "box", "triangle": "wedge"}
+COUNT_SYNONYMS: dict[str, str] = {"one": "1", "two": "2", "three": "3", "four": "4"}
+CAPTION_PARAPHRASES: tuple[str, ...] = (
+    "A {c} {s} at the {p}.", "There is a {c} {s} in the {p}.", "In the {p} there is a {c} {s}.",
+)  # fmt: skip
+# Any label word -> its canonical word (a canonical word maps to itself).
+CANONICAL: dict[str, str] = {
+    syn: word for table in (COLOUR_SYNONYMS, VQA_COLOUR_SYNONYMS, SHAPE_SYNONYMS, COUNT_SYNONYMS)
+    for word, syn in table.items()
+} | {w: w for w in (*COLOUR_NAMES, *SHAPES, *COUNT_WORDS)}  # fmt: skip
+# Per train subset and label kind: the synonym that a `synonym_rate` share of its labels is written as.
+SYNONYMS: dict[str, dict[str, dict[str, str]]] = {
+    "SynColor": {"colour": COLOUR_SYNONYMS}, "SynVQA": {"colour": VQA_COLOUR_SYNONYMS},
+    "SynShape": {"shape": SHAPE_SYNONYMS}, "SynCount": {"count": COUNT_SYNONYMS},
+}  # fmt: skip
+_KIND_OF_UNIVERSE: dict[tuple[str, ...], str] = {
+    COLOUR_NAMES: "colour", SHAPES: "shape", COUNT_WORDS: "count", POSITIONS: "position",
+}  # fmt: skip
+
+
 EVAL_FILE = "test-00000-of-00001.parquet"
 # SynVQA mirrors A-OKVQA, whose train file carries neg_text/neg_image_path.
 NEG_SUBSETS = frozenset({"SynVQA"})
@@ -85,6 +118,8 @@ class Ctx:
     eval_image_root: Path
     image_size: int
     n_candidates: int
+    synonym_rate: float = 0.0  # share of train label rows whose label is written as its synonym
+    paraphrase_rate: float = 0.0  # share of train captions written with a paraphrase template
     n_images: Counter[str] = field(default_factory=Counter)
 
     def save(self, subset: str, split: Split, stem: str, img: Image.Image) -> str:
@@ -101,10 +136,15 @@ class Ctx:
         return rel
 
 
-def _train_row(qry: str, qry_img: str, pos: str, pos_img: str, neg: str | None = None) -> Row:
+def _train_row(qry: str, qry_img: str, pos: str, pos_img: str, neg: str | None = None, *,
+               want: Sequence[str], variant: str = "canonical") -> Row:  # fmt: skip
+    """A train row with what the generator knows about it under `_truth` (dropped before the parquet
+    is written): `want`, what any correct target of the query means (a type, then attributes);
+    `variant`, how the positive is written (canonical, synonym, paraphrase)."""
     row: Row = {"qry": qry, "qry_image_path": qry_img, "pos_text": pos, "pos_image_path": pos_img}
     if neg is not None:
         row |= {"neg_text": neg, "neg_image_path": ""}
+    row["_truth"] = {"want": list(want), "variant": variant}
     return row
 
 
@@ -129,7 +169,13 @@ def _text_target(make: Callable[[Ctx, str, np.random.Generator, int, Split], _Te
         for i in range(n):
             qry, img, label, neg, universe = make(ctx, subset, rng, i, split)
             if split == "train":
-                rows.append(_train_row(qry, img, label, "", neg if subset in NEG_SUBSETS else None))
+                kind = _KIND_OF_UNIVERSE[tuple(universe)]
+                text, variant = label, "canonical"
+                synonyms = SYNONYMS.get(subset, {}).get(kind)
+                if synonyms and float(rng.random()) < ctx.synonym_rate:
+                    text, variant = synonyms[label], "synonym"
+                rows.append(_train_row(qry, img, text, "", neg if subset in NEG_SUBSETS else None,
+                                       want=[kind, label], variant=variant))  # fmt: skip
             else:
                 cands = _gt_first(label, universe)
                 rows.append(_eval_row(qry, img, cands, [""] * len(cands)))
@@ -207,7 +253,8 @@ def _gen_t2i(ctx: Ctx, subset: str, rng: np.random.Generator, n: int, split: Spl
         for i in range(n):
             obj = rand_obj(rng)
             path = ctx.save(subset, split, f"image_{i}", scene(rng, ctx.image_size, [obj]))
-            rows.append(_train_row(t2i_qry(_caption_of(obj)), "", IMAGE_TGT, path))
+            rows.append(_train_row(t2i_qry(_caption_of(obj)), "", IMAGE_TGT, path,
+                                   want=["scene", obj.colour, obj.shape, POSITIONS[obj.quad]]))  # fmt: skip
         return rows
     objs = [rand_obj(rng) for _ in range(n)]
     pool: list[Hashable] = list(objs)
@@ -230,7 +277,12 @@ def _gen_i2t(ctx: Ctx, subset: str, rng: np.random.Generator, n: int, split: Spl
         path = ctx.save(subset, split, f"image_{i}", scene(rng, ctx.image_size, [obj]))
         cap = _caption_of(obj)
         if split == "train":
-            rows.append(_train_row(I2T_QRY, path, cap, ""))
+            variant = "canonical"
+            if float(rng.random()) < ctx.paraphrase_rate:
+                template = CAPTION_PARAPHRASES[int(rng.integers(len(CAPTION_PARAPHRASES)))]
+                cap, variant = template.format(c=obj.colour, s=obj.shape, p=POSITIONS[obj.quad]), "paraphrase"
+            rows.append(_train_row(I2T_QRY, path, cap, "", want=["caption", obj.colour, obj.shape,
+                                                                 POSITIONS[obj.quad]], variant=variant))  # fmt: skip
         else:
             others = [c for c in ALL_CAPTIONS if c != cap]
             picks = rng.choice(len(others), size=ctx.n_candidates - 1, replace=False)
@@ -304,7 +356,8 @@ def _grounding(refer: bool):
                 img = scene(rng, size, objs)
                 scene_path = ctx.save(subset, split, f"image_{i}", img)
                 (crop_path,) = crops(ctx, subset, split, f"image_{i}", img, [objs[t]])
-                rows.append(_train_row(qry_of(objs[t]), scene_path, CROP_TGT, crop_path))
+                rows.append(_train_row(qry_of(objs[t]), scene_path, CROP_TGT, crop_path,
+                                       want=["crop", objs[t].colour, objs[t].shape]))  # fmt: skip
             return rows
 
         # Extra scenes (never queried) until each row has enough other-scene crops with another key.

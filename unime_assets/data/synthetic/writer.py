@@ -14,11 +14,20 @@ import pyarrow.parquet as pq
 from unime_assets.data.catalog import SYNTHETIC_EVAL, SYNTHETIC_TRAIN
 from unime_assets.data.mmeb import read_eval_subset, read_train_subset
 from unime_assets.data.synthetic.subsets import ALL_CAPTIONS, GENERATORS, NEG_SUBSETS, Ctx, Row
+from unime_assets.data.synthetic.truth import (
+    TRUTH_DIR,
+    TRUTH_FILE,
+    TruthIndex,
+    phenomena_counts,
+    truth_rows,
+    write_truth,
+)
 from unime_assets.data.synthetic.world import subset_rng
 from unime_assets.io import atomic_path
 
 # Bump when the generated content changes, so an existing manifest no longer matches.
-GENERATOR_VERSION = 1
+# 2: train labels carry synonyms / caption paraphrases, and the ground-truth sidecar (truth/) is written.
+GENERATOR_VERSION = 2
 
 TRAIN_SCHEMA = pa.schema([(c, pa.string()) for c in ["qry", "qry_image_path", "pos_text", "pos_image_path"]])
 TRAIN_NEG_SCHEMA = pa.schema(
@@ -47,6 +56,10 @@ class SyntheticLayout:
     train_subsets: list[str] = field(default_factory=list)
     eval_subsets: list[str] = field(default_factory=list)
 
+    @property
+    def truth_file(self) -> Path:
+        """The ground-truth sidecar of the train split (data/synthetic/truth.py)."""
+        return self.train_root.parent / TRUTH_DIR / TRUTH_FILE
 
 
 def _write_table(rows: list[Row], schema: pa.Schema, dest: Path) -> None:
@@ -102,6 +115,8 @@ def generate(
     n_candidates: int = 8,
     image_size: int = 56,
     seed: int = 0,
+    synonym_rate: float = 0.25,
+    paraphrase_rate: float = 0.25,
 ) -> SyntheticLayout:
     """Write the synthetic MMEB-format dataset under `out_root` (idempotent) and return its layout.
 
@@ -110,6 +125,12 @@ def generate(
     `manifest.json` is written last; an existing manifest with the same params (and file counts)
     means the data is complete and nothing is rewritten. Otherwise the three data directories are
     deleted and regenerated, so no stale file from other params survives.
+
+    Train-only phenomena, in counted amounts (`manifest.json` "phenomena", per train subset): a
+    `synonym_rate` share of label positives written as a synonym (SynColor and SynVQA with different
+    colour words, so some false negatives exist only in another subset), a `paraphrase_rate` share of
+    SynCaps_i2t captions paraphrased; `truth/train_truth.parquet` says what every query wants and
+    every target means (data/synthetic/truth.py). The eval split does not depend on either rate.
     """
     if n_train < 1 or n_eval < 1:
         raise ValueError(f"n_train and n_eval must be >= 1, got {n_train}, {n_eval}")
@@ -119,6 +140,8 @@ def generate(
         raise ValueError(f"image_size must be >= 16, got {image_size}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if not (0 <= synonym_rate <= 1 and 0 <= paraphrase_rate <= 1):
+        raise ValueError(f"synonym_rate and paraphrase_rate must be in [0, 1], got {synonym_rate}, {paraphrase_rate}")
     missing = sorted(set(SYNTHETIC_EVAL) - set(GENERATORS))
     if missing:
         raise RuntimeError(f"no synthetic generator for catalog subset(s) {missing}")
@@ -138,19 +161,23 @@ def generate(
         "n_candidates": n_candidates,
         "image_size": image_size,
         "seed": seed,
+        "synonym_rate": synonym_rate,
+        "paraphrase_rate": paraphrase_rate,
     }
     manifest_path = out_root / "manifest.json"
-    if _manifest_matches(manifest_path, params, layout):
+    if _manifest_matches(manifest_path, params, layout) and layout.truth_file.is_file():
         return layout
 
     manifest_path.unlink(missing_ok=True)  # from here on the directory is "incomplete"
-    for d in (layout.train_root, layout.eval_root, layout.eval_image_root):
+    for d in (layout.train_root, layout.eval_root, layout.eval_image_root, out_root / TRUTH_DIR):
         shutil.rmtree(d, ignore_errors=True)
 
-    ctx = Ctx(layout.train_root, layout.eval_image_root, image_size, n_candidates)
+    ctx = Ctx(layout.train_root, layout.eval_image_root, image_size, n_candidates, synonym_rate, paraphrase_rate)
     rows_written: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
+    truth: list[dict] = []
     for subset in layout.train_subsets:
         rows = GENERATORS[subset](ctx, subset, subset_rng(seed, subset, "train"), n_train, "train")
+        truth += truth_rows(subset, rows)
         keys = [(r["qry"], r["qry_image_path"], r["pos_text"], r["pos_image_path"]) for r in rows]
         if len(set(keys)) != len(keys):
             raise RuntimeError(f"synthetic train subset {subset} has duplicate pairs")
@@ -161,6 +188,7 @@ def generate(
         rows = GENERATORS[subset](ctx, subset, subset_rng(seed, subset, "eval"), n_eval, "eval")
         _write_table(rows, EVAL_SCHEMA, layout.eval_root / subset / EVAL_FILE)
         rows_written["eval"][subset] = len(rows)
+    write_truth(truth, out_root / TRUTH_DIR / TRUTH_FILE)
     _write_text(_readme(layout.train_subsets, "original", "MMEB-train"), layout.train_root / "README.md")
     _write_text(_readme(layout.eval_subsets, "test", "MMEB-eval"), layout.eval_root / "README.md")
 
@@ -170,6 +198,8 @@ def generate(
         "eval_subsets": layout.eval_subsets,
         "rows": rows_written,
         "files": _count_files(layout),
+        # per train subset: what the global candidate pool holds for its queries (truth.phenomena_counts)
+        "phenomena": phenomena_counts(TruthIndex(truth)),
     }
     _write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", manifest_path)
     return layout

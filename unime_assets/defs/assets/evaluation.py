@@ -1,6 +1,8 @@
 """Stage 6: MMEB Precision@1 per subset and aggregates, embedder alone and with the reranker, optional
 zero-shot sets, and the `champion` promotion of the evaluated embedder."""
 
+import re
+
 import dagster as dg
 import polars as pl
 
@@ -20,7 +22,9 @@ VERSION_TAG = "unime/embedder_version"
 
 
 def _slug(label: str) -> str:
-    return label.split(" (")[0].replace(" + ", "_plus_").replace(" ", "_")
+    """MLflow metric prefix of a report row: every row its own ("embedder (untrained base)" ->
+    "embedder_untrained_base", "embedder + reranker (top-10 pairwise)" -> "embedder_plus_reranker_top_10_pairwise")."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", label.replace(" + ", " plus ")).strip("_")
 
 
 def _embedder_version(context: dg.AssetExecutionContext, tracking_uri: str) -> str | None:
@@ -54,7 +58,7 @@ def _embedder_under_test(context: dg.AssetExecutionContext, s, tracking_uri: str
 
 
 @dg.asset(group_name="evaluation", kinds={"polars", "mlflow"},
-          deps=["retriever_model", "embedder_checkpoint", "reranker_checkpoint"],
+          deps=["pretrained_base", "retriever_model", "embedder_checkpoint", "reranker_checkpoint"],
           check_specs=[dg.AssetCheckSpec(CHAMPION_CHECK, asset="mmeb_report",
                                          description="The evaluated embedder against the registry's `champion` on "
                                          "the same eval subsets; `champion` moves to it when it is strictly better "
@@ -110,13 +114,13 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     embedder_path, embedder_version = _embedder_under_test(context, s, mlflow.uri())
     from unime_assets.training.export_checks import identical_weights
 
-    same_as_base = identical_weights(embedder_path, s.embedder_base.path)
+    same_as_base = identical_weights(embedder_path, s.embedder_base_path)
     if same_as_base:
         context.log.error(f"the evaluated embedder {embedder_path} has the untrained base's weights "
-                          f"({s.embedder_base.path}): its row equals the base's and it is never promoted")  # fmt: skip
+                          f"({s.embedder_base_path}): its row equals the base's and it is never promoted")  # fmt: skip
     models = {
         "retriever": s.retriever_path,
-        "embedder (untrained base)": s.embedder_base.path,
+        "embedder (untrained base)": s.embedder_base_path,
         "embedder": embedder_path,
     }
     per_model: dict[str, dict[str, float]] = {}
@@ -139,29 +143,30 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
             handle.release()
     unparsable = 0
     if ev.rerank:
-        label = f"embedder + reranker (top-{ev.rerank_top_k} {mode})"
         # The reranker loads only if a subset's reranked result is not cached already.
         reranker = ModelHandle(s.asset_dir("reranker_checkpoint"), role="reranker")
         images = MaxPixels(ImageLoader(s.eval_image_root, resize=ev.image_size), max_pixels)
         rerank_dir = s.asset_dir("rerank_cache")
-        per_model[label] = {}
-        for (name,), rows in eval_df.group_by("subset", maintain_order=True):
-            key = rerank_cache_key(reranker, embedder, subset_fingerprint(rows, ev.image_size, digests),
-                                   image_size=ev.image_size, mode=mode, top_k=ev.rerank_top_k,
-                                   max_pixels=max_pixels, max_new_tokens=max_new_tokens)  # fmt: skip
-            outcome = load_rerank(rerank_dir, key)
-            cached = outcome is not None
-            if outcome is None:
-                outcome = rerank_subset(reranker.lm, rows, embedder_rows[name], images, top_k=ev.rerank_top_k,
-                                        batch_size=ev.rerank_batch_size, mode=mode,
-                                        max_new_tokens=max_new_tokens)  # fmt: skip
-                save_rerank(rerank_dir, key, outcome)
-            reranked_cached += cached
-            per_model[label][name] = outcome.precision_at_1
-            unparsable += outcome.unparsable
-            context.log.info(f"{name}: reranked ({mode}) P@1 {outcome.precision_at_1:.3f}"
-                             + (f" ({outcome.unparsable} unparsable)" if mode == "listwise" else "")
-                             + (" [cached]" if cached else ""))  # fmt: skip
+        for m in dict.fromkeys([mode, *ev.rerank_also]):  # the configured mode's row first
+            label = f"embedder + reranker (top-{ev.rerank_top_k} {m})"
+            per_model[label] = {}
+            for (name,), rows in eval_df.group_by("subset", maintain_order=True):
+                key = rerank_cache_key(reranker, embedder, subset_fingerprint(rows, ev.image_size, digests),
+                                       image_size=ev.image_size, mode=m, top_k=ev.rerank_top_k,
+                                       max_pixels=max_pixels, max_new_tokens=max_new_tokens)  # fmt: skip
+                outcome = load_rerank(rerank_dir, key)
+                cached = outcome is not None
+                if outcome is None:
+                    outcome = rerank_subset(reranker.lm, rows, embedder_rows[name], images, top_k=ev.rerank_top_k,
+                                            batch_size=ev.rerank_batch_size, mode=m,
+                                            max_new_tokens=max_new_tokens)  # fmt: skip
+                    save_rerank(rerank_dir, key, outcome)
+                reranked_cached += cached
+                per_model[label][name] = outcome.precision_at_1
+                unparsable += outcome.unparsable
+                context.log.info(f"{name}: reranked ({m}) P@1 {outcome.precision_at_1:.3f}"
+                                 + (f" ({outcome.unparsable} unparsable)" if m == "listwise" else "")
+                                 + (" [cached]" if cached else ""))  # fmt: skip
         reranker.release()
     zeroshot = _zeroshot(context, s, embedder, zeroshot_roots, cache_dir) if zeroshot_roots else {}
 
@@ -207,7 +212,8 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         "per_dataset": dg.MetadataValue.md(per_dataset_md + ("\n\n" + sources_md if sources_md else "")),
         "aggregates": dg.MetadataValue.md(agg_md), "chart": dg.MetadataValue.md(bars),
         "chart_per_dataset": dg.MetadataValue.md(per_ds), "overall": dg.MetadataValue.json(overall),
-        "rerank_mode": mode, "rerank_unparsable": unparsable, "encoded": totals.encoded, "cached": totals.cached,
+        "rerank_mode": mode, "rerank_unparsable": unparsable, "rerank_rows": len(eval_df),
+        "torch_threads": s.torch_threads, "encoded": totals.encoded, "cached": totals.cached,
         "reranked_subsets_cached": reranked_cached,
         "complete": complete, "subsets": dg.MetadataValue.json(evaluated),
         "promotion": dg.MetadataValue.json(decision), "embedder_identical_to_base": same_as_base,
@@ -222,7 +228,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
                                   k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
                                   for k, v in decision.items() if v is not None})  # fmt: skip
     yield dg.AssetCheckResult(check_name=TRAINED_CHECK, passed=not same_as_base, severity=dg.AssetCheckSeverity.ERROR,
-                              metadata={"embedder": str(embedder_path), "base": str(s.embedder_base.path)})  # fmt: skip
+                              metadata={"embedder": str(embedder_path), "base": str(s.embedder_base_path)})  # fmt: skip
 
 
 def _zeroshot(context, s, embedder, roots: dict[str, str], cache_dir) -> dict[str, dict[str, float]]:

@@ -54,9 +54,43 @@ def candidate_index(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
                                                **run_metadata(run)})  # fmt: skip
 
 
+def truth_matrices(s, train_part: pl.DataFrame, candidates: pl.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """(false negatives, one-attribute hard negatives): (queries of `train_part`, global candidates)
+    booleans from the generator's ground truth (`truth_file`); None for data without one."""
+    if s.truth_file is None:
+        return None
+    from unime_assets.data.synthetic import RELATIONS, TruthIndex
+
+    truth = TruthIndex.read(s.truth_file)
+    queries = list(train_part.select("qry", "qry_image_path", "pos_text", "pos_image_path").iter_rows())
+    rel = truth.relation_matrix(queries, list(candidates.select("text", "image_path").iter_rows()))
+    return rel == RELATIONS.index("false_negative"), rel == RELATIONS.index("hard")
+
+
+def _delta_audit(s, train_part: pl.DataFrame, pool: pl.DataFrame) -> dict:
+    """What the δ rule removed against the ground truth: per query, precision, recall (truth_file only)."""
+    from unime_assets.retrieval import CandidateIndex, Retriever, delta_rule_audit, encode_cached
+    from unime_assets.retrieval.encoder import items_of
+
+    ci = CandidateIndex.load(s.asset_dir("candidate_index"))
+    matrices = truth_matrices(s, train_part, ci.candidates)
+    if matrices is None or pool.is_empty():
+        return {}
+    q_emb, _ = encode_cached(items_of(train_part["qry"], train_part["qry_image_path"]), Retriever(s.retriever_path),
+                             s.train_image_root, cache_dir=s.asset_dir("embedding_cache"), progress=False)  # fmt: skip
+    audit = delta_rule_audit(q_emb, np.asarray(ci.embeddings), pool["pos_cand_id"].to_numpy(), matrices[0])
+    kept = pool["cand_ids"].to_list()
+    n_kept = sum(len(x) for x in kept)
+    fn_kept = sum(int(matrices[0][i, np.asarray(x, dtype=np.int64)].sum()) for i, x in enumerate(kept) if x)
+    hard_kept = sum(int(matrices[1][i, np.asarray(x, dtype=np.int64)].sum()) for i, x in enumerate(kept) if x)
+    return {**audit, "pool_false_negative_share": round(fn_kept / n_kept, 4) if n_kept else None,
+            "pool_hard_share": round(hard_kept / n_kept, 4) if n_kept else None}  # fmt: skip
+
+
 @dg.asset(group_name="mining", kinds={"faiss", "polars"}, partitions_def=train_partitions,
           description="Per query of one subset: top-K global candidates by retriever cosine, strictly below the "
-          "query's own positive (δ rule), the positive and its exact duplicates excluded.")  # fmt: skip
+          "query's own positive (δ rule), the positive and its exact duplicates excluded. With a ground truth "
+          "(synthetic data): how many true false negatives the δ rule removed (precision, recall).")  # fmt: skip
 def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, candidate_index: pl.DataFrame,
                    settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
     from unime_assets.retrieval import search_candidate_pool
@@ -75,6 +109,8 @@ def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, 
         n_kept = pool["cand_ids"].list.len()
         stats = {**stats, "queries": pool.height, "mean_candidates": float(n_kept.mean()),
                  "min_candidates": int(n_kept.min()), "mean_pos_sim": float(pool["pos_sim"].mean())}  # fmt: skip
+        audit = _delta_audit(s, mmeb_train, pool)
+        stats.update({k: v for k, v in audit.items() if v is not None})
         run.log_metrics({k: v for k, v in stats.items() if isinstance(v, int | float)})
         top1 = np.array([x[0] for x in pool["cand_sims"].to_list() if len(x)], dtype=np.float32)
         fig = plots.histograms({"positive": pool["pos_sim"].to_numpy(), "top-1 candidate": top1},
@@ -87,8 +123,10 @@ def mined_negatives_asset(judges: list[str]) -> dg.AssetsDefinition:
     @dg.asset(group_name="mining", kinds={"polars"}, partitions_def=train_partitions, ins=mining_inputs(judges),
               description="Hard negatives per query by the configured strategy (UniME-V2: β false-negative filter, "
               "5-step cyclic sampling, fallback 1.0; or NV-Retriever / rank-window / top / random), from the scores "
-              "`mining.judge` names: one judge's or the judge ensemble's.")  # fmt: skip
-    def mined_negatives(context: dg.AssetExecutionContext, candidate_pool: pl.DataFrame,
+              "`mining.judge` names: one judge's or the judge ensemble's. With a ground truth (synthetic data): "
+              "per rule, the true false negatives its filter removed (precision, recall) and what the trained "
+              "negatives are made of.")  # fmt: skip
+    def mined_negatives(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, candidate_pool: pl.DataFrame,
                         candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource,
                         **scores: pl.DataFrame):  # fmt: skip
         from unime_assets.mining import filter_rates, kept_and_dropped, mine_table
@@ -116,12 +154,37 @@ def mined_negatives_asset(judges: list[str]) -> dg.AssetsDefinition:
             run.log_metrics(stats)
             hist = run.log_figure(plots.histograms({"kept": kept, "dropped (false negatives)": dropped},
                                                    f"{source} scores of candidates ({m.strategy})"), "kept_vs_dropped")  # fmt: skip
+            truth_meta = _rule_audit(s, run, mmeb_train, candidate_pool, candidate_index, judge_scores)
         return dg.Output(df, metadata={**stats, "strategy": m.strategy, "judge": source,
                                        "kept_vs_dropped": dg.MetadataValue.md(hist),
                                        "filter_rate_by_strategy": dg.MetadataValue.md(rates_md),
-                                       **run_metadata(run)})  # fmt: skip
+                                       **truth_meta, **run_metadata(run)})  # fmt: skip
 
     return mined_negatives
+
+
+def _rule_audit(s, run, train_part, pool, candidates, judge_scores) -> dict:
+    """Per rule, against the generator's ground truth (truth_file only): the filter's removed per query,
+    precision and recall, and the false-negative / hard shares of the k negatives training reads."""
+    from unime_assets.mining import AUDIT_RULES, rule_audit
+
+    if train_part["pair_id"].to_list() != pool["pair_id"].to_list():
+        raise ValueError("mined_negatives: mmeb_train and candidate_pool rows differ (re-materialize candidate_pool)")
+    matrices = truth_matrices(s, train_part, candidates)
+    if matrices is None:
+        return {}
+    rules = list(dict.fromkeys([s.mining.strategy, *AUDIT_RULES]))
+    rows = rule_audit(judge_scores, pool, *matrices, s.mining, rules=rules, k=s.embedder.k_negatives,
+                      n_pool=candidates.height)  # fmt: skip
+    cols = ["rule", "removed_per_query", "filter_precision", "filter_recall", "negatives_false_negative_share",
+            "negatives_hard_share"]  # fmt: skip
+    table = markdown_table(cols, [["–" if r[c] is None else r[c] for c in cols] for r in rows])
+    run.log_text(table, "false_negatives_by_rule.md")
+    mine = rows[0]  # the configured rule
+    scalars = {f"truth.{k}": v for k, v in mine.items() if isinstance(v, float)}
+    run.log_metrics(scalars)
+    return {**{k: v for k, v in scalars.items() if v is not None},
+            "false_negatives_by_rule": dg.MetadataValue.md(table)}
 
 
 mined_negatives = mined_negatives_asset(JUDGES)

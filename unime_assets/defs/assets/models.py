@@ -1,6 +1,9 @@
-"""Retriever and judge checkpoints: a configured local checkpoint, or (embedded default) a tiny
-backbone bootstrapped here so that retrieval and judge scores carry signal. One `judge_model/<name>`
-asset per judge of the profile."""
+"""The pretrained base, the retriever and the judge checkpoints: a configured local checkpoint, or
+(embedded default) a tiny backbone bootstrapped here: the base pretrained generatively, then the
+retriever by in-batch InfoNCE from it, and the judges by Yes/No SFT, so that retrieval and judge
+scores carry signal. One `judge_model/<name>` asset per judge of the profile."""
+
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -26,7 +29,46 @@ def _checkpoint_metadata(path) -> dict:
 
 
 @dg.asset(group_name="models", kinds={"pytorch", "deepspeed"},
-          description="Stage-1 retriever (VLM2Vec in the paper). Embedded default: tiny Qwen2-VL + InfoNCE.")  # fmt: skip
+          description="The pretrained MLLM the embedder (and, embedded, the retriever bootstrap) starts from "
+          "(Qwen2-VL in the paper). Embedded default: the tiny Qwen2-VL pretrained generatively (chat SFT on "
+          "image descriptions and visual questions of its own images), as a real MLLM has seen image-text data.")  # fmt: skip
+def pretrained_base(context: dg.AssetExecutionContext, settings: SettingsResource,
+                    mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
+    from unime_assets.training.data import pretraining_examples
+    from unime_assets.training.engine import EngineConfig
+    from unime_assets.training.sft import train_sft
+
+    s = settings.get()
+    b = s.bootstrap
+    with mlflow.run(context) as run:
+        if not (b.enabled and b.pretrain_steps > 0):  # a configured pretrained checkpoint: validated only
+            path = check_checkpoint_dir(s.embedder_base.path, "embedder base")
+            run.log_params({"path": path, "pretrained_here": False})
+            return dg.MaterializeResult(metadata={**_checkpoint_metadata(path), "pretrained_here": False,
+                                                  **run_metadata(run)})  # fmt: skip
+        if b.pretrain_corpus is None or not Path(b.pretrain_corpus).is_file():
+            raise FileNotFoundError(f"bootstrap.pretrain_corpus {b.pretrain_corpus} is not a file: rebuild the "
+                                    "embedded default (`unime-assets build-default`)")  # fmt: skip
+        base = check_checkpoint_dir(s.embedder_base.path, "embedder base (tiny, random)")
+        examples = pretraining_examples(b.pretrain_corpus)
+        cfg = EngineConfig(micro_batch_size=b.pretrain_batch_size, total_steps=b.pretrain_steps, lr=b.pretrain_lr,
+                           warmup_steps=b.pretrain_steps // 10, zero_stage=s.embedder.zero_stage)  # fmt: skip
+        run.log_params({"base": base, "corpus": b.pretrain_corpus, "steps": b.pretrain_steps, "lr": b.pretrain_lr,
+                        "batch_size": b.pretrain_batch_size, "examples": len(examples)})  # fmt: skip
+        out = s.embedder_base_path
+        result = train_sft(base, examples, Path(b.pretrain_corpus).parent, out, cfg, role="pretrain",
+                           log=step_logger(context, run))  # fmt: skip
+        curve = run.log_figure(plots.loss_curve(result.losses, "generative pretraining (describe + VQA)"), "loss")
+        return dg.MaterializeResult(metadata={
+            **_checkpoint_metadata(out), "pretrained_here": True, "examples": len(examples),
+            "first_loss": result.losses[0], "final_loss": result.losses[-1], "train_seconds": round(result.seconds, 1),
+            "loss_curve": dg.MetadataValue.md(curve), **run_metadata(run),
+        })  # fmt: skip
+
+
+@dg.asset(group_name="models", kinds={"pytorch", "deepspeed"}, deps=["pretrained_base"],
+          description="Stage-1 retriever (VLM2Vec in the paper). Embedded default: in-batch InfoNCE from the "
+          "pretrained tiny base, with the embedder's budget (steps, batch, lr).")  # fmt: skip
 def retriever_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.DataFrame],
                     settings: SettingsResource, mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.training.data import retriever_pairs
@@ -41,11 +83,16 @@ def retriever_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
             run.log_params({"path": path, "bootstrap": False})
             return dg.MaterializeResult(metadata={**_checkpoint_metadata(path), **run_metadata(run)})
         b = s.bootstrap
-        base = check_checkpoint_dir(s.retriever.path, "retriever base")
+        # From the same pretrained base as the embedder (the paper: VLM2Vec and UniME-V2 both start from a
+        # pretrained MLLM), so that the demo's "embedder vs retriever" compares the losses, not the starts.
+        start = s.embedder_base_path if b.pretrain_steps > 0 else s.retriever.path
+        base = check_checkpoint_dir(start, "retriever base")
+        warmup = b.retriever_steps // 10 if b.retriever_warmup_steps is None else b.retriever_warmup_steps
         cfg = EngineConfig(micro_batch_size=b.retriever_batch_size, total_steps=b.retriever_steps,
-                           lr=b.retriever_lr, warmup_steps=b.retriever_steps // 10, zero_stage=s.embedder.zero_stage)  # fmt: skip
+                           lr=b.retriever_lr, warmup_steps=warmup, zero_stage=s.embedder.zero_stage)  # fmt: skip
         run.log_params({"base": base, "bootstrap": True, "steps": b.retriever_steps, "lr": b.retriever_lr,
-                        "batch_size": b.retriever_batch_size, "temperature": b.retriever_temperature})  # fmt: skip
+                        "batch_size": b.retriever_batch_size, "warmup_steps": warmup,
+                        "temperature": b.retriever_temperature})  # fmt: skip
         result = train_retriever_infonce(base, retriever_pairs(train), s.train_image_root, s.retriever_path,
                                          cfg, temperature=b.retriever_temperature, log=step_logger(context, run))  # fmt: skip
         curve = run.log_figure(plots.loss_curve(result.losses, "retriever InfoNCE (bootstrap)"), "loss")

@@ -129,28 +129,21 @@ def finished_weights(out: Path, key: str) -> bool:
 
 def _train_out_of_process(
     context: dg.AssetExecutionContext, task: str, training_set: pl.DataFrame, s, section, out: Path,
-    base: Path, run, tracking_uri: str, **task_fields,
+    base: Path, run, tracking_uri: str,
 ) -> tuple[dict, dict]:  # fmt: skip
     """Write spec + data, run the launcher through Pipes; returns (train_result.json, Pipes metadata).
     A finished training of the same spec is reused, not repeated."""
     from unime_assets.io import write_parquet
     from unime_assets.models.loading import remote_code_allowed
-    from unime_assets.training.launch import TrainSpec, default_processes, launch_command, launch_env
+    from unime_assets.training.launch import default_processes, launch_command, launch_env, spec_from_settings
     from unime_assets.training.loop import read_result
 
     asset = context.asset_key.to_user_string()
     launch_dir = s.artifacts_root / "launch" / asset
     data = launch_dir / "training_set.parquet"
-    spec = TrainSpec(
-        task=task, base_path=str(base), training_set=str(data), image_root=str(s.train_image_root),
-        out_dir=str(out), steps=section.steps, batch_size=section.batch_size, lr=section.lr,
-        warmup_steps=section.warmup_steps, grad_accum=section.grad_accum, zero_stage=section.zero_stage,
-        bf16=section.bf16, seed=section.seed, lora=section.lora.model_dump(),
-        checkpoint_every=section.checkpoint_every,
-        keep_checkpoints=section.keep_checkpoints, mlflow_tracking_uri=tracking_uri,
-        mlflow_run_id=run.run_id, log_every=section.log_every, trust_remote_code=remote_code_allowed(base),
-        **task_fields,
-    )  # fmt: skip
+    spec = spec_from_settings(task, s, section, base=base, training_set=data, out_dir=out,
+                              mlflow_tracking_uri=tracking_uri, mlflow_run_id=run.run_id,
+                              trust_remote_code=remote_code_allowed(base))  # fmt: skip
     spec.spec_key = _spec_key(spec, base, training_set)
     if finished_weights(out, spec.spec_key):
         context.log.warning(f"{out} holds a finished {task} training of this exact spec: reusing it")
@@ -161,7 +154,7 @@ def _train_out_of_process(
     cmd = launch_command(spec_path, processes, section.launcher)
     run.log_params({"launch.processes": processes, "launch.command": shlex.join(cmd)})  # resolved
     context.log.info(f"launching {task} training: {shlex.join(cmd)}")
-    invocation = dg.PipesSubprocessClient(env=launch_env()).run(
+    invocation = dg.PipesSubprocessClient(env=launch_env(s.torch_threads)).run(
         command=cmd, context=context, extras={"spec": str(spec_path)}
     )
     reported: dict = {"reused_weights": False}
@@ -184,7 +177,7 @@ def _result_metadata(result: dict, reported: dict) -> dict:
 
 def _train_and_register(context: dg.AssetExecutionContext, task: str, training_set: pl.DataFrame, s, section,
                         base: Path, mlflow: MlflowResource, *, model: str, title: str, upstream: list[str],
-                        params: dict, example: pd.DataFrame, output: np.ndarray, task_fields: dict,
+                        params: dict, example: pd.DataFrame, output: np.ndarray,
                         extra_meta: dict) -> dg.MaterializeResult:  # fmt: skip
     """What both training assets do: train (or reuse), check, log the curve, register, report."""
     from unime_assets.training.export_checks import identical_weights
@@ -197,7 +190,7 @@ def _train_and_register(context: dg.AssetExecutionContext, task: str, training_s
         run.log_params({"base": base, **_settings_params(section), "queries": training_set.height, **params,
                         **lineage})  # fmt: skip
         result, reported = _train_out_of_process(context, task, training_set, s, section, out, base, run,
-                                                 mlflow.uri(), **task_fields)  # fmt: skip
+                                                 mlflow.uri())  # fmt: skip
         if identical_weights(out, base):
             raise dg.Failure(f"{asset}: the trained weights in {out} are identical to the base {base}: training "
                              f"changed nothing (losses {result['losses'][:3]}...); not registered")  # fmt: skip
@@ -211,7 +204,7 @@ def _train_and_register(context: dg.AssetExecutionContext, task: str, training_s
     })  # fmt: skip
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, pool="gpu",
+@dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, pool="gpu", deps=["pretrained_base"],
           description="UniME-V2 embedder: symmetric KL between softmax(cos/τ) and softmax(judge/τ) over "
           "the positive and k mined negatives; last-token pooling; GradCache; torchrun/deepspeed launch "
           "through Dagster Pipes, DeepSpeed ZeRO, resumable checkpoints; registered in MLflow.")  # fmt: skip
@@ -223,14 +216,13 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
 
     s = settings.get()
     e = s.embedder
-    base = check_checkpoint_dir(s.embedder_base.path, "embedder base")
+    base = check_checkpoint_dir(s.embedder_base_path, "embedder base")
     dim = text_config(base)["hidden_size"]
     return _train_and_register(
         context, "embedder", training_set, s, e, base, mlflow, model=EMBEDDER_MODEL, title=f"embedder ({e.loss})",
         upstream=[], params={"gradcache_chunk": e.gradcache_chunk},
         example=pd.DataFrame({"text": ["a caption\n"], "image": [""]}), output=np.zeros((1, dim), dtype=np.float32),
-        task_fields={"k_negatives": e.k_negatives, "loss": e.loss, "temperature": e.temperature,
-                     "gradcache_chunk": e.gradcache_chunk}, extra_meta={},
+        extra_meta={},
     )  # fmt: skip
 
 
@@ -246,10 +238,12 @@ def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
 
     s = settings.get()
     base = check_checkpoint_dir(s.reranker_base_path, "reranker base")
-    # Each query contributes 3 sequences (pairwise Yes, pairwise No, listwise): a batch is 3x as many.
+    r = s.reranker
+    # Each query contributes its pairwise Yes, pairwise No and listwise sequences: a batch is that many times larger.
     return _train_and_register(
-        context, "reranker", training_set, s, s.reranker, base, mlflow, model=RERANKER_MODEL, title="reranker SFT",
-        upstream=[f"judge_model/{JUDGES[0]}"], params={"sequences_per_query": 3},
+        context, "reranker", training_set, s, r, base, mlflow, model=RERANKER_MODEL, title="reranker SFT",
+        upstream=[f"judge_model/{JUDGES[0]}"], params={"sequences_per_query": r.sequences_per_query},
         example=pd.DataFrame({"query_text": ["q\n"], "query_image": [""], "cand_text": ["c"], "cand_image": [""]}),
-        output=np.zeros(1, dtype=np.float64), task_fields={}, extra_meta={"sequences": 3 * training_set.height},
+        output=np.zeros(1, dtype=np.float64),
+        extra_meta={"sequences": r.sequences_per_query * training_set.height},
     )  # fmt: skip
