@@ -1,0 +1,47 @@
+"""`unime-assets ablate` on the session's reduced graph: (variant, seed) runs as Dagster runs in worker
+processes, each an MLflow child run under the campaign's parent, then `ablation_report` and its
+`ablation.json`; the command's last line names that file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+
+@pytest.mark.slow
+def test_ablate_runs_partitions_as_child_runs_and_reports(materialized):
+    env = materialized["env"]
+    cmd = [sys.executable, "-m", "unime_assets.cli", "ablate", "--skip-upstream", "--workers", "1",
+           "--variants", "infonce_inbatch,unime_v2", "--seeds", "1,2"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("ablation report: ") and last.endswith("ablation.json"), last
+    data = json.loads(open(last.removeprefix("ablation report: ")).read())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"infonce_inbatch", "unime_v2"} and data["baseline"] == "infonce_inbatch"
+    for r in rows.values():
+        assert r["seeds"] == [1, 2] and len(r["overall"]) == 2 and 0 <= r["mean"] <= 100
+    assert rows["unime_v2"]["delta_vs_baseline"]["seeds"] == [1, 2]
+    assert data["missing"]  # the profile's other variants were not run: the report says so
+
+    with dg.DagsterInstance.from_config(str(materialized["root"] / "dg")) as instance:
+        parts = instance.get_materialized_partitions(dg.AssetKey("ablation_run"))
+        assert {str(p) for p in parts} == {"1|infonce_inbatch", "2|infonce_inbatch", "1|unime_v2", "2|unime_v2"}
+        meta = instance.get_latest_materialization_event(dg.AssetKey("ablation_report")).asset_materialization.metadata
+        assert "table4" in "".join(meta) and meta["runs"].value == 4
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("unime-v2")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`dagster.asset_key` = 'ablation_run'")
+    assert len(runs) == 4
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1  # one parent per campaign, found by both workers' runs
+    parent = client.get_run(parents.pop())
+    assert parent.data.tags["unime.parent_key"].startswith("ablation-")
+    assert {r.data.tags["unime.variant"] for r in runs} == {"infonce_inbatch", "unime_v2"}
+    assert all("p_at_1.overall" in r.data.metrics and "loss" in r.data.metrics for r in runs)
