@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -22,7 +23,7 @@ def test_ablate_runs_partitions_as_child_runs_and_reports(materialized):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("ablation report: ") and last.endswith("ablation.json"), last
-    data = json.loads(open(last.removeprefix("ablation report: ")).read())
+    data = json.loads(Path(last.removeprefix("ablation report: ")).read_text())
     rows = {r["variant"]: r for r in data["rows"]}
     assert set(rows) == {"infonce_inbatch", "unime_v2"} and data["baseline"] == "infonce_inbatch"
     for r in rows.values():
@@ -40,7 +41,7 @@ def test_ablate_runs_partitions_as_child_runs_and_reports(materialized):
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`dagster.asset_key` = 'ablation_run'")
     assert len(runs) == 4
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
-    assert len(parents) == 1  # one parent per campaign, found by both workers' runs
+    assert len(parents) == 1  # one parent per campaign, found by every run
     parent = client.get_run(parents.pop())
     assert parent.data.tags["unime.parent_key"].startswith("ablation-")
     assert {r.data.tags["unime.variant"] for r in runs} == {"infonce_inbatch", "unime_v2"}

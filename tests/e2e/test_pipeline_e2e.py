@@ -40,6 +40,14 @@ def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, set
         )
         assert checks, "asset checks ran with the partitions"
         ts_run = instance.get_latest_materialization_event(dg.AssetKey("training_set")).run_id
+        # the generator's ground truth reaches the δ rule and every mining rule's audit
+        latest = instance.get_latest_materialization_event
+        pool_meta = latest(dg.AssetKey("candidate_pool")).asset_materialization.metadata
+        assert {"false_negatives_per_query", "delta_removed_per_query", "pool_false_negative_share"} <= set(pool_meta)
+        mined_meta = latest(dg.AssetKey("mined_negatives")).asset_materialization.metadata
+        audit = mined_meta["false_negatives_by_rule"].value
+        assert all(f"| {rule} |" in audit for rule in ("unime_v2", "topk_perc_pos", "random", "top"))
+        assert 0 <= mined_meta["truth.negatives_false_negative_share"].value <= 1
 
     # every materialization has its MLflow run, tagged with where it came from (partitions included)
     client = MlflowClient(tracking_uri=uri)
@@ -76,7 +84,10 @@ def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, set
     assert set(ts["subset"]) == set(TRAIN)
     report = pl.read_parquet(tables / "mmeb_report.parquet")
     assert set(report["subset"]) == set(EVAL)
-    assert report["model"].n_unique() == 4 and report["precision_at_1"].is_between(0, 1).all()
+    # retriever, untrained base, embedder, and embedder + reranker in both modes (rerank_mode + rerank_also)
+    assert report["model"].n_unique() == 5 and report["precision_at_1"].is_between(0, 1).all()
+    assert {m for m in report["model"] if m.startswith("embedder + reranker")} == {
+        "embedder + reranker (top-4 listwise)", "embedder + reranker (top-4 pairwise)"}
 
     # the registered embedder loads through MLflow and embeds text and images
     import mlflow.pyfunc
@@ -89,3 +100,28 @@ def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, set
                          params={"image_root": str(settings.train_image_root)})  # fmt: skip
     assert vecs.shape == (2, 128)
     assert abs(float((vecs[0] ** 2).sum()) - 1.0) < 1e-4 and abs(float(vecs[0] @ vecs[1])) < 0.9999
+
+
+@pytest.mark.slow
+def test_readme_numbers_regenerates_the_demo_table_from_the_instance(materialized, tmp_path):
+    """scripts/readme_numbers.py writes the demo table between its markers from the latest materializations."""
+    from pathlib import Path
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- readme_numbers:demo -->\nstale\n<!-- /readme_numbers:demo -->\nrest\n")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "readme_numbers.py"
+    args = [sys.executable, str(script), "--readme", str(readme), "--only", "demo",
+            "--dagster-home", str(materialized["root"] / "dg"), "--unime-home", str(materialized["root"] / "home")]
+    check = subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 1 and "stale" in check.stderr  # the placeholder is not the run's table
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- readme_numbers:demo -->\n| model |") and text.endswith("rest\n")
+    for row in ("| retriever |", "| embedder |", "| embedder + reranker (top-4 pairwise) |", "torch threads 1"):
+        assert row in text, row
+    report = pl.read_parquet(materialized["tables"] / "mmeb_report.parquet")
+    embedder = report.filter(pl.col("model") == "embedder")["precision_at_1"].mean()
+    row = text.split("\n| embedder |")[1].split("\n")[0]
+    assert row.strip(" |").split("|")[-1].strip() == f"{100 * embedder:.1f}"  # overall: the mean over datasets
+    assert subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=300).returncode == 0

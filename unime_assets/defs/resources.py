@@ -3,6 +3,7 @@
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import yaml
@@ -87,7 +88,7 @@ class MlflowResource(dg.ConfigurableResource):
 
         uri = self.uri()
         exp_id = tracking.ensure_experiment(uri, self.experiment_name, self.artifacts())
-        lock = unime_home() / "mlflow" / "parent-runs.lock"
+        lock = Path(self.artifacts()) / "parent-runs.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=uri)
         with open(lock, "w") as fh:

@@ -112,14 +112,14 @@ def spec_from_settings(task: Literal["embedder", "reranker"], s, section, *, bas
          "gradcache_chunk": section.gradcache_chunk} if task == "embedder"
         else {"list_sizes": section.list_sizes, "listwise_per_query": section.listwise_per_query}
     )  # fmt: skip
-    return TrainSpec(
+    values = dict(
         task=task, base_path=str(base), training_set=str(training_set), image_root=str(s.train_image_root),
         out_dir=str(out_dir), steps=section.steps, batch_size=section.batch_size, lr=section.lr,
         warmup_steps=section.warmup_steps, grad_accum=section.grad_accum, zero_stage=section.zero_stage,
         bf16=section.bf16, seed=section.seed, lora=section.lora.model_dump(), checkpoint_every=section.checkpoint_every,
         keep_checkpoints=section.keep_checkpoints, log_every=section.log_every, torch_threads=s.torch_threads,
-        **{**own, **fields},
     )  # fmt: skip
+    return TrainSpec(**{**values, **own, **fields})
 
 
 def default_processes() -> int:
