@@ -98,10 +98,10 @@ def ablation_table(path: Path) -> str:
 
 
 def replace_block(text: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- readme_numbers:{name} -->\n).*?(\n<!-- /readme_numbers:{name} -->)", re.S)
+    pattern = re.compile(rf"(<!-- readme_numbers:{name} -->\n).*?(<!-- /readme_numbers:{name} -->)", re.S)
     if not pattern.search(text):
         raise SystemExit(f"README has no <!-- readme_numbers:{name} --> ... <!-- /readme_numbers:{name} --> block")
-    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
 def main(argv: list[str] | None = None) -> int:
