@@ -59,6 +59,9 @@ def _run_tags(stage: str, max_runtime_hours: float) -> dict[str, str]:
 # --- jobs ---------------------------------------------------------------------------------------
 
 INGEST_SELECTION = dg.AssetSelection.assets("mmeb_train")
+INGEST_EVAL_SELECTION = dg.AssetSelection.assets("mmeb_eval")
+MODELS_SELECTION = dg.AssetSelection.assets("retriever_model", "judge_model")
+INDEX_SELECTION = dg.AssetSelection.assets("candidate_index")
 MINING_SELECTION = dg.AssetSelection.assets("candidate_pool", "judge_scores", "mined_negatives")
 TRAIN_SELECTION = dg.AssetSelection.assets("training_set", "embedder_checkpoint", "reranker_checkpoint")
 EVALUATION_SELECTION = dg.AssetSelection.groups("evaluation")
@@ -67,6 +70,20 @@ AUTOMATED_SELECTION = dg.AssetSelection.assets("candidate_index") | MINING_SELEC
 ingest_train_job = dg.define_asset_job(
     "ingest_train", selection=INGEST_SELECTION, run_tags=_run_tags("ingest", 2),
     description="Read one MMEB-train subset (partition) from its source files.",
+)  # fmt: skip
+ingest_eval_job = dg.define_asset_job(
+    "ingest_eval", selection=INGEST_EVAL_SELECTION, run_tags=_run_tags("ingest", 2),
+    description="Read one MMEB-eval subset (partition) from its source files.",
+)  # fmt: skip
+models_job = dg.define_asset_job(
+    "models", selection=MODELS_SELECTION, run_tags=_run_tags("models", 24),
+    description="The retriever (stage 1) and the judge (stage 2): configured checkpoints validated, or on the "
+    "embedded default tiny models bootstrapped; the judge's held-out AUC.",
+)  # fmt: skip
+index_job = dg.define_asset_job(
+    "index", selection=INDEX_SELECTION, run_tags=_run_tags("index", 24),
+    description="Stage 1: the global candidate index over every materialized train subset (rebuilt before "
+    "`mine` whenever a subset was added or re-read).",
 )  # fmt: skip
 mine_job = dg.define_asset_job(
     "mine", selection=MINING_SELECTION, run_tags=_run_tags("mine", 24), op_retry_policy=STEP_RETRY,
@@ -82,7 +99,8 @@ evaluate_job = dg.define_asset_job(
     "evaluate", selection=EVALUATION_SELECTION, run_tags=_run_tags("evaluate", 12),
     description="Stage 6: MMEB evaluation and report. Launched by `evaluate_new_embedder` per registered version.",
 )  # fmt: skip
-JOBS = [ingest_train_job, mine_job, train_job, evaluate_job]
+# In graph order: `unime-assets materialize` runs them one after the other (cli.py STAGES).
+JOBS = [ingest_train_job, ingest_eval_job, models_job, index_job, mine_job, train_job, evaluate_job]
 
 
 def _default_status() -> tuple[dg.DefaultScheduleStatus, dg.DefaultSensorStatus]:

@@ -22,6 +22,7 @@ from unime_assets.judging.prompt import (
     yes_no_token_ids,
 )
 from unime_assets.models.encoding import Item
+from unime_assets.quiet import bar_disabled
 
 
 @torch.inference_mode()
@@ -71,7 +72,7 @@ def score_pairs(
     ]
     order = sorted(range(len(pairs)), key=lambda i: (len(prompts[i]), prompts[i].count("<|image_pad|>")))
     scores = np.zeros(len(pairs), dtype=np.float64)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=bar_disabled(progress), leave=False):
         idx = order[start : start + batch_size]
         imgs = pair_images([pairs[i] for i in idx], images)
         inputs = processor(

@@ -6,12 +6,17 @@ asset metadata and MLflow artifacts). Below every method package: it imports non
 
 from unime_assets.tracking.mlflow_runs import (
     RunHandle,
+    artifact_url,
     dagster_tags,
+    describe_model,
+    describe_version,
     ensure_experiment,
     run_url,
     set_alias,
     start_run,
     tag_version,
+    version_description,
 )
 
-__all__ = ["RunHandle", "dagster_tags", "ensure_experiment", "run_url", "set_alias", "start_run", "tag_version"]
+__all__ = ["RunHandle", "artifact_url", "dagster_tags", "describe_model", "describe_version", "ensure_experiment",
+           "run_url", "set_alias", "start_run", "tag_version", "version_description"]  # fmt: skip

@@ -1,4 +1,5 @@
-"""Small helpers shared by the asset modules (metadata, lineage lookups, markdown tables)."""
+"""Small helpers shared by the asset modules (run metadata, lineage lookups, step logging); formatting
+metadata for the UI is in defs/metadata.py."""
 
 from collections.abc import Sequence
 
@@ -9,15 +10,6 @@ from unime_assets.tracking import RunHandle
 
 def run_metadata(run: RunHandle) -> dict[str, dg.MetadataValue]:
     return {"mlflow_run_id": dg.MetadataValue.text(run.run_id), "mlflow_run": dg.MetadataValue.url(run.url)}
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    def fmt(v: object) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def upstream_run_ids(context: dg.AssetExecutionContext, names: Sequence[str]) -> dict[str, str]:

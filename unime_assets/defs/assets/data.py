@@ -7,6 +7,7 @@ from unime_assets.data.mmeb import load_eval, load_train
 from unime_assets.data.validation import ValidationResult, validate_eval, validate_train
 from unime_assets.defs.assets._common import run_metadata
 from unime_assets.defs.automation import source_files
+from unime_assets.defs.metadata import readable
 from unime_assets.defs.partitions import (
     check_partition,
     eval_partitions,
@@ -64,8 +65,8 @@ def mmeb_eval(context: dg.AssetExecutionContext, settings: SettingsResource, mlf
         run.log_params({"eval_root": s.eval_root, "subset": subset, **v.model_dump()})
         run.log_metrics({"mean_candidates": mean_cands})
         meta = _validation_outputs(context, run, res, s.asset_dir("quarantine") / "mmeb_eval" / f"{subset}.parquet")
-    return dg.Output(df, metadata={"rows": df.height, "mean_candidates": mean_cands, **info, **meta,
-                                   **run_metadata(run)})  # fmt: skip
+    return dg.Output(df, metadata=readable({"rows": df.height, "mean_candidates": mean_cands, **info, **meta,
+                                            **run_metadata(run)}))  # fmt: skip
 
 
 def _validation_outputs(context: dg.AssetExecutionContext, run, res: ValidationResult, quarantine_path) -> dict:

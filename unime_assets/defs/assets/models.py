@@ -5,8 +5,9 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from unime_assets.defs.assets._common import markdown_table, run_metadata, step_logger
+from unime_assets.defs.assets._common import run_metadata, step_logger
 from unime_assets.defs.assets.data import concat_partitions
+from unime_assets.defs.metadata import figure, readable, table
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.models.loading import check_checkpoint_dir
 from unime_assets.tracking import plots
@@ -18,9 +19,9 @@ def _checkpoint_metadata(path) -> dict:
     n_bytes = sum(f.stat().st_size for f in path.rglob("*.safetensors"))
     text = text_config(path)
     rows = [("model_type", checkpoint_config(path)["model_type"])]
-    rows += [(k, text.get(k)) for k in ("hidden_size", "num_hidden_layers", "vocab_size")]
-    return {"path": dg.MetadataValue.path(str(path)), "safetensors_mb": round(n_bytes / 2**20, 2),
-            "config": dg.MetadataValue.md(markdown_table(["field", "value"], rows))}  # fmt: skip
+    rows += [(k, str(text.get(k))) for k in ("hidden_size", "num_hidden_layers", "vocab_size")]
+    config = table(rows, [("field", "string", "config.json field (text model)"), ("value", "string", "its value")])
+    return {"path": dg.MetadataValue.path(str(path)), "safetensors_mb": round(n_bytes / 2**20, 2), "config": config}
 
 
 @dg.asset(group_name="models", kinds={"pytorch", "deepspeed"},
@@ -37,7 +38,7 @@ def retriever_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
         if not s.bootstrap.enabled:
             path = check_checkpoint_dir(s.retriever.path, "retriever")
             run.log_params({"path": path, "bootstrap": False})
-            return dg.MaterializeResult(metadata={**_checkpoint_metadata(path), **run_metadata(run)})
+            return dg.MaterializeResult(metadata=readable({**_checkpoint_metadata(path), **run_metadata(run)}))
         b = s.bootstrap
         base = check_checkpoint_dir(s.retriever.path, "retriever base")
         cfg = EngineConfig(micro_batch_size=b.retriever_batch_size, total_steps=b.retriever_steps,
@@ -46,11 +47,11 @@ def retriever_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
                         "batch_size": b.retriever_batch_size, "temperature": b.retriever_temperature})  # fmt: skip
         result = train_retriever_infonce(base, retriever_pairs(train), s.train_image_root, s.retriever_path,
                                          cfg, temperature=b.retriever_temperature, log=step_logger(context, run))  # fmt: skip
-        curve = run.log_figure(plots.loss_curve(result.losses, "retriever InfoNCE (bootstrap)"), "loss")
-        return dg.MaterializeResult(metadata={
+        curve = figure(run, plots.loss_curve(result.losses, "retriever InfoNCE (bootstrap)"), "loss", "loss_curve")
+        return dg.MaterializeResult(metadata=readable({
             **_checkpoint_metadata(s.retriever_path), "final_loss": result.losses[-1],
-            "train_seconds": round(result.seconds, 1), "loss_curve": dg.MetadataValue.md(curve), **run_metadata(run),
-        })  # fmt: skip
+            "train_seconds": round(result.seconds, 1), **curve, **run_metadata(run),
+        }))  # fmt: skip
 
 
 @dg.asset(group_name="models", kinds={"pytorch", "deepspeed"},
@@ -83,9 +84,7 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Data
             result = train_sft(base, examples, s.train_image_root, s.judge_path, cfg, role="judge",
                                log=step_logger(context, run))  # fmt: skip
             meta["final_loss"] = result.losses[-1]
-            meta["loss_curve"] = dg.MetadataValue.md(
-                run.log_figure(plots.loss_curve(result.losses, "judge SFT"), "loss")
-            )
+            meta.update(figure(run, plots.loss_curve(result.losses, "judge SFT"), "loss", "loss_curve"))
         else:
             check_checkpoint_dir(s.judge.path, "judge")
             run.log_params({"path": s.judge.path, "bootstrap": False})
@@ -94,7 +93,7 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Data
         lm = load_model(s.judge_path, role="judge", trust_remote_code=s.judge.trust_remote_code)
         images = ImageLoader(s.eval_image_root, s.evaluation.image_size)
         info = s.eval_catalog
-        aucs, hist, n_pairs, pos_mean = {}, None, 0, float("nan")
+        aucs, hist, n_pairs, pos_mean = {}, {}, 0, float("nan")
         for split in ("IND", "OOD"):
             rows = evals.filter(pl.col("subset").is_in([n for n in info if info[n].split == split]))
             pairs, labels = held_out_pairs(rows, max_rows=400)
@@ -106,13 +105,12 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Data
                 pos_mean = float(np.mean(scores[labels == 1]))
                 fig = plots.histograms({"ground truth": scores[labels == 1], "random candidate": scores[labels == 0]},
                                        "judge scores, held-out IND eval pairs")  # fmt: skip
-                hist = run.log_figure(fig, "held_out")
+                hist = figure(run, fig, "held_out", "held_out_hist")
                 n_pairs = len(labels)
         run.log_metrics({f"held_out_auc_{k.lower()}": v for k, v in aucs.items()})
         context.log.info(f"judge held-out AUC: {aucs}")
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata=readable({
         **_checkpoint_metadata(s.judge_path), "held_out_auc": aucs.get("IND", float("nan")),
         "held_out_auc_ood": aucs.get("OOD", float("nan")), "held_out_pairs": n_pairs,
-        "held_out_pos_mean": pos_mean, "held_out_hist": dg.MetadataValue.md(hist or ""),
-        **meta, **run_metadata(run),
-    })  # fmt: skip
+        "held_out_pos_mean": pos_mean, **hist, **meta, **run_metadata(run),
+    }))  # fmt: skip

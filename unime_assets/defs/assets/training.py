@@ -14,6 +14,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import pandas as pd
 import polars as pl
 
 from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
+from unime_assets.defs.descriptions import describe_registered
+from unime_assets.defs.metadata import figure, readable
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
 
@@ -67,7 +70,11 @@ def _register(
 
     # The signature declares the `image_root` param; without it MLflow drops params at predict time.
     signature = infer_signature(example, output, params={"image_root": ""})
-    with _inference_files(ckpt) as files:
+    with _inference_files(ckpt) as files, warnings.catch_warnings():
+        # MLflow nudges towards type hints on predict() and an input example; the signature above already
+        # declares inputs and outputs, and an input example would make MLflow load the checkpoint to check it.
+        warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*An input example was not provided", category=UserWarning)
         info = mlflow.pyfunc.log_model(name=name.replace("unime-v2-", ""), python_model=python_model,
                                        artifacts={"checkpoint": str(files)}, registered_model_name=name,
                                        signature=signature, pip_requirements=PIP_REQUIREMENTS)  # fmt: skip
@@ -104,9 +111,12 @@ def _train_out_of_process(
     cmd = launch_command(spec_path, processes, launcher)
     run.log_params({"launch.processes": processes, "launch.command": shlex.join(cmd)})  # resolved
     context.log.info(f"launching {task} training: {shlex.join(cmd)}")
-    invocation = dg.PipesSubprocessClient(env=launch_env()).run(
-        command=cmd, context=context, extras={"spec": str(spec_path)}
-    )
+    with warnings.catch_warnings():
+        # Raised inside Dagster's own Pipes context (expected_writer_count is preview in 1.13), not by this code.
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        invocation = dg.PipesSubprocessClient(env=launch_env()).run(
+            command=cmd, context=context, extras={"spec": str(spec_path)}
+        )
     reported: dict = {}
     for res in invocation.get_results(implicit_materializations=False):
         reported.update(res.metadata or {})
@@ -140,7 +150,8 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
     e = s.embedder
     base = check_checkpoint_dir(s.embedder_base.path, "embedder base")
     out = s.asset_dir("embedder_checkpoint")
-    lineage = {"dagster.run_id": context.run_id, "dagster.asset_key": "embedder_checkpoint",
+    run_url = f"{mlflow.dagster_url()}/runs/{context.run_id}"
+    lineage = {"dagster.run_id": context.run_id, "dagster.run_url": run_url, "dagster.asset_key": "embedder_checkpoint",
                **_training_set_lineage(context)}  # fmt: skip
     gradcache = e.gradcache_chunk
     with mlflow.run(context) as run:
@@ -150,18 +161,19 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
             context, "embedder", training_set, s, e, out, base, run, mlflow.uri(),
             k_negatives=e.k_negatives, loss=e.loss, temperature=e.temperature, gradcache_chunk=gradcache,
         )  # fmt: skip
-        curve = run.log_figure(plots.loss_curve(result["losses"], f"embedder ({e.loss})"), "loss")
+        curve = figure(run, plots.loss_curve(result["losses"], f"embedder ({e.loss})"), "loss", "loss_curve")
         example = pd.DataFrame({"text": ["a caption\n"], "image": [""]})
         dim = text_config(out)["hidden_size"]
         version = _register(run, mlflow.uri(), EMBEDDER_MODEL, EmbedderPyfunc(), out, lineage, example,
                             np.zeros((1, dim), dtype=np.float32))  # fmt: skip
+        describe_registered(mlflow.uri(), EMBEDDER_MODEL, version, asset="embedder_checkpoint", run_url=run_url,
+                            training_set=training_set, settings=s, base=base)  # fmt: skip
     context.log.info(f"registered {EMBEDDER_MODEL} version {version}")
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata=readable({
         "path": dg.MetadataValue.path(str(out)), **_result_metadata(result, reported),
         "registered_model": EMBEDDER_MODEL, "model_version": version,
-        "model_uri": f"models:/{EMBEDDER_MODEL}/{version}", "loss_curve": dg.MetadataValue.md(curve),
-        **run_metadata(run),
-    })  # fmt: skip
+        "model_uri": f"models:/{EMBEDDER_MODEL}/{version}", **curve, **run_metadata(run),
+    }))  # fmt: skip
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, deps=["judge_model"], pool="gpu",
@@ -178,7 +190,8 @@ def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
     r = s.reranker
     base = check_checkpoint_dir(s.reranker_base_path, "reranker base")
     out = s.asset_dir("reranker_checkpoint")
-    lineage = {"dagster.run_id": context.run_id, "dagster.asset_key": "reranker_checkpoint",
+    run_url = f"{mlflow.dagster_url()}/runs/{context.run_id}"
+    lineage = {"dagster.run_id": context.run_id, "dagster.run_url": run_url, "dagster.asset_key": "reranker_checkpoint",
                **_training_set_lineage(context), **upstream_run_ids(context, ["judge_model"])}  # fmt: skip
     with mlflow.run(context) as run:
         # Each query contributes 3 sequences (pairwise Yes, pairwise No, listwise): a batch is 3x as many.
@@ -186,15 +199,16 @@ def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
                         "sequences_per_query": 3, **lineage})  # fmt: skip
         result, reported = _train_out_of_process(context, "reranker", training_set, s, r, out, base, run,
                                                  mlflow.uri())  # fmt: skip
-        curve = run.log_figure(plots.loss_curve(result["losses"], "reranker SFT"), "loss")
+        curve = figure(run, plots.loss_curve(result["losses"], "reranker SFT"), "loss", "loss_curve")
         example = pd.DataFrame(
             {"query_text": ["q\n"], "query_image": [""], "cand_text": ["c"], "cand_image": [""]}
         )
         version = _register(run, mlflow.uri(), RERANKER_MODEL, RerankerPyfunc(), out, lineage, example,
                             np.zeros(1, dtype=np.float64))  # fmt: skip
-    return dg.MaterializeResult(metadata={
+        describe_registered(mlflow.uri(), RERANKER_MODEL, version, asset="reranker_checkpoint", run_url=run_url,
+                            training_set=training_set, settings=s, base=base)  # fmt: skip
+    return dg.MaterializeResult(metadata=readable({
         "path": dg.MetadataValue.path(str(out)), **_result_metadata(result, reported),
         "sequences": 3 * training_set.height, "registered_model": RERANKER_MODEL, "model_version": version,
-        "model_uri": f"models:/{RERANKER_MODEL}/{version}", "loss_curve": dg.MetadataValue.md(curve),
-        **run_metadata(run),
-    })  # fmt: skip
+        "model_uri": f"models:/{RERANKER_MODEL}/{version}", **curve, **run_metadata(run),
+    }))  # fmt: skip
