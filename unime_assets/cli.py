@@ -33,7 +33,7 @@ RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def init(args: argparse.Namespace) -> int:
-    env = init_project(args.root)
+    env = init_project(args.root, args.settings)
     print(f"wrote {env}: the Dagster CLI and unime-assets run from {env.parent} without exported variables")
     return 0
 
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("init", help="write the project's .env, the Dagster home and the MLflow folder (make install runs it)")
     i.add_argument("--root", default=".", help="the project root (default: the current directory)")
+    i.add_argument("--settings", default=None, help="a settings profile (e.g. a real.yaml) every process started from "
+                   "the root uses (UNIME_SETTINGS); default: the one recorded earlier, else the embedded default")  # fmt: skip
     i.set_defaults(func=init, needs_instance=False)
     b = sub.add_parser("build-default", help="write synthetic MMEB data, tiny checkpoints and settings.yaml")
     b.add_argument("--size", default="demo", choices=["demo", "test"])

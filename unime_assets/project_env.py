@@ -13,6 +13,7 @@ $UNIME_HOME/mlflow, defs/resources.py) so that it follows an exported UNIME_HOME
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from unime_assets.io import atomic_path
@@ -26,9 +27,10 @@ QUIET = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE
          "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
 
 
-def env_file_text(root: Path) -> str:
+def env_file_text(root: Path, settings: Path | None = None) -> str:
     root = root.resolve()
-    values = {"DAGSTER_HOME": str(root / DAGSTER_DIR), "UNIME_HOME": str(root / UNIME_DIR), **QUIET}
+    values = {"DAGSTER_HOME": str(root / DAGSTER_DIR), "UNIME_HOME": str(root / UNIME_DIR),
+              **({"UNIME_SETTINGS": str(settings.resolve())} if settings else {}), **QUIET}  # fmt: skip
     lines = [
         "# Written by `make install` (unime-assets init) for this checkout; regenerated, not edited.",
         "# Loaded by the Dagster CLI and by unime-assets from the project root; an exported value wins.",
@@ -37,15 +39,28 @@ def env_file_text(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def init_project(root: str | os.PathLike) -> Path:
+def recorded_settings(env: Path) -> Path | None:
+    """The settings profile an existing .env selects (written by `init --settings`), if any."""
+    if env.is_file():
+        for line in env.read_text().splitlines():
+            if m := re.fullmatch(r'UNIME_SETTINGS="\$\{UNIME_SETTINGS:-(.*)\}"', line.strip()):
+                return Path(m.group(1))
+    return None
+
+
+def init_project(root: str | os.PathLike, settings: str | os.PathLike | None = None) -> Path:
     """Write `<root>/.env`, create the Dagster home (its dagster.yaml a link to the project's) and the
-    MLflow folder. Safe to repeat; returns the .env path."""
+    MLflow folder. `settings` selects a settings profile (UNIME_SETTINGS) for every process started from
+    the root; without it, the one an earlier init recorded is kept. Safe to repeat; returns the .env path."""
     root = Path(root).resolve()
     if not (root / "dagster.yaml").is_file():
         raise SystemExit(f"unime-assets init: {root} is not the project root (no dagster.yaml there)")
     env = root / ENV_FILE
+    profile = Path(settings) if settings else recorded_settings(env)
+    if profile is not None and not profile.is_file():
+        raise SystemExit(f"unime-assets init: settings file {profile} does not exist")
     with atomic_path(env) as tmp:
-        tmp.write_text(env_file_text(root))
+        tmp.write_text(env_file_text(root, profile))
     home = root / DAGSTER_DIR
     home.mkdir(exist_ok=True)
     link = home / "dagster.yaml"

@@ -139,11 +139,14 @@ def timing_section(instance: dg.DagsterInstance, assets: Sequence[str]) -> str:
         records = by_job.get(job)
         if not records:
             continue
-        walls = {r.dagster_run.run_id: (r.end_time or 0) - (r.start_time or 0) for r in records}
+        records = [r for r in records if r.start_time and r.end_time]  # finished runs only
+        if not records:
+            continue
+        walls = {r.dagster_run.run_id: r.end_time - r.start_time for r in records}
         steps: dict[str, float] = defaultdict(float)
         for r in records:
             for st in instance.get_run_step_stats(r.dagster_run.run_id):
-                if st.start_time and st.end_time:
+                if st.step_key in assets and st.start_time and st.end_time:  # asset steps, not checks
                     steps[st.step_key] += st.end_time - st.start_time
         slow = max(records, key=lambda r: walls[r.dagster_run.run_id])
         slow_part = slow.dagster_run.tags.get("dagster/partition")
