@@ -59,13 +59,6 @@ def _partition_list(value: str | None, known: list[str], kind: str) -> list[str]
     return names
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 def materialize(args: argparse.Namespace) -> int:
     """The whole graph (or chosen assets/partitions) on the instance at $DAGSTER_HOME: each stage's job once
     per partition of a partitioned stage, then the unpartitioned stages, like a backfill would."""
@@ -73,7 +66,7 @@ def materialize(args: argparse.Namespace) -> int:
 
     from unime_assets.definitions import defs
     from unime_assets.defs.partitions import EVAL_SUBSETS, TRAIN_SUBSETS
-    from unime_assets.defs.summary import typical_run_seconds
+    from unime_assets.defs.summary import duration, typical_run_seconds
 
     parts = {"train": _partition_list(args.train, TRAIN_SUBSETS, "train"),
              "eval": _partition_list(args.eval, EVAL_SUBSETS, "eval")}  # fmt: skip
@@ -88,8 +81,8 @@ def materialize(args: argparse.Namespace) -> int:
             keys = parts[kind] if kind else [None]
             job = defs.resolve_job_def(job_name)
             typical = typical_run_seconds(instance, job_name)
-            expect = f"ETA {_duration(typical * len(keys))} from earlier runs" if typical else "no earlier run to time"
-            print(f"[{_duration(time.time() - t0):>6}] stage {i}/{len(plan)} {job_name}: {', '.join(names)}"
+            expect = f"ETA {duration(typical * len(keys))} from earlier runs" if typical else "no earlier run to time"
+            print(f"[{duration(time.time() - t0):>6}] stage {i}/{len(plan)} {job_name}: {', '.join(names)}"
                   + (f" x {len(keys)} {kind} partitions" if kind else "") + f"; {expect}", flush=True)  # fmt: skip
             stage_t0 = time.time()
             for done, key in enumerate(keys, 1):
@@ -105,11 +98,11 @@ def materialize(args: argparse.Namespace) -> int:
                     return 1
                 if kind:
                     per_run = (time.time() - stage_t0) / done
-                    print(f"[{_duration(time.time() - t0):>6}] stage {i}/{len(plan)} {job_name}: {done}/{len(keys)} "
-                          f"partitions ({key} done), ETA {_duration(per_run * (len(keys) - done))}", flush=True)  # fmt: skip
-            print(f"[{_duration(time.time() - t0):>6}] stage {i}/{len(plan)} {job_name} done in "
-                  f"{_duration(time.time() - stage_t0)}", flush=True)  # fmt: skip
-    print(f"materialized in {_duration(time.time() - t0)}")
+                    print(f"[{duration(time.time() - t0):>6}] stage {i}/{len(plan)} {job_name}: {done}/{len(keys)} "
+                          f"partitions ({key} done), ETA {duration(per_run * (len(keys) - done))}", flush=True)  # fmt: skip
+            print(f"[{duration(time.time() - t0):>6}] stage {i}/{len(plan)} {job_name} done in "
+                  f"{duration(time.time() - stage_t0)}", flush=True)  # fmt: skip
+    print(f"materialized in {duration(time.time() - t0)}")
     return 0
 
 

@@ -21,10 +21,10 @@ def test_rounded_to_four_significant_digits(value, expected):
 
 def test_readable_rounds_every_float_and_keeps_the_rest():
     meta = readable({"auc": np.float32(0.95312345), "loss": 9.58912, "n": np.int64(3), "ok": True, "s": "x",
-                     "nan": float("nan")})  # fmt: skip
+                     "nan": float("nan"), "piped": dg.MetadataValue.float(3.168275833129883)})  # fmt: skip
     assert meta["auc"] == dg.MetadataValue.float(0.9531) and meta["loss"] == dg.MetadataValue.float(9.589)
     assert meta["n"] == 3 and type(meta["n"]) is int and meta["ok"] is True and meta["s"] == "x"
-    assert math.isnan(meta["nan"].value)
+    assert math.isnan(meta["nan"].value) and meta["piped"] == dg.MetadataValue.float(3.168)
 
 
 def test_tables_have_schemas_with_descriptions_and_numeric_cells():

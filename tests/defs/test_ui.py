@@ -307,16 +307,13 @@ def test_mlflow_run_links_back_to_its_dagster_run(webserver, mlflow_server, mate
 
 
 @pytest.mark.slow
-def test_screenshots_of_the_pages_an_operator_reads(webserver, mlflow_server, materialized, tmp_path):
-    from mlflow import MlflowClient
-
+def test_screenshots_of_the_pages_an_operator_reads(webserver, mlflow_server, tmp_path):
     base = webserver["base"]
     profile = tmp_path / "chromium-profile"
     for asset in ("judge_scores", "mmeb_report"):
-        _screenshot(f"{base}/assets/{asset}", f"asset-{asset}", profile, size="1600,2600")
+        _screenshot(f"{base}/assets/{asset}", f"asset-{asset}", profile, size="2200,2600")
     _screenshot(f"{base}/runs", "runs", profile, size="1600,1400")
     _, judge = _latest_entries(base, "judge_scores")
-    client = MlflowClient(tracking_uri=materialized["env"]["MLFLOW_TRACKING_URI"])
-    run = client.get_run(judge["mlflow_run_id"]["text"])
-    _screenshot(f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}", "mlflow-run",
-                profile, size="1600,1600")  # fmt: skip
+    link = judge["mlflow_run"]["url"]  # what the asset page links to: the run in MLflow's classic view
+    assert link.startswith(mlflow_server) and link.endswith("?workflowType=machine_learning")
+    _screenshot(link, "mlflow-run", profile, size="1600,1300")

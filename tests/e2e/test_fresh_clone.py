@@ -52,7 +52,7 @@ def clone(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_readme_commands_run_from_the_project_root_without_exported_variables(clone):
+def test_readme_commands_run_from_the_project_root_without_exported_variables(clone, monkeypatch):
     assert DAGSTER_CMD in README and CLI_CMD in README
     assert (clone / ".env").is_file() and (clone / ".dagster_home" / "dagster.yaml").resolve() == clone / "dagster.yaml"
 
@@ -64,6 +64,7 @@ def test_readme_commands_run_from_the_project_root_without_exported_variables(cl
     assert " - DEBUG - " not in cli.stdout + cli.stderr  # Dagster's per-event lines stay in the event log
 
     # both wrote into the clone's own instance and MLflow store, found through its .env
+    monkeypatch.setenv("DAGSTER_HOME", str(clone / ".dagster_home"))  # its dagster.yaml reads it (storage)
     with dg.DagsterInstance.from_config(str(clone / ".dagster_home")) as instance:
         assert instance.get_materialized_partitions(dg.AssetKey("mmeb_train")) == {"SynShape", "SynColor"}
         assert instance.get_materialized_partitions(dg.AssetKey("mmeb_eval")) == {"SynColor"}

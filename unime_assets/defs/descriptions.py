@@ -10,7 +10,7 @@ from urllib.parse import quote
 EMBEDDER_MODEL, RERANKER_MODEL = "unime-v2-embedder", "unime-v2-reranker"
 
 EXPERIMENT_DESCRIPTION = """\
-**UniME-V2** (arXiv 2510.13515) trained as Dagster software-defined assets (`unime-assets`).
+UniME-V2 (arXiv 2510.13515) trained as Dagster software-defined assets (unime-assets).
 
 One run per materialization of an asset (and partition = MMEB subset). Each run is tagged
 `dagster.run_id`, `dagster.asset_key`, `dagster.partition` and `dagster.run_url`, the link to the

@@ -82,6 +82,8 @@ def readable(meta: Mapping[str, object]) -> dict[str, object]:
             value = int(value)
         elif isinstance(value, float | np.floating) and not isinstance(value, bool):
             value = dg.MetadataValue.float(rounded(float(value)))
+        elif isinstance(value, dg.FloatMetadataValue) and value.value is not None:  # e.g. reported through Pipes
+            value = dg.MetadataValue.float(rounded(value.value))
         out[key] = value
     return out
 

@@ -40,7 +40,7 @@ class MlflowResource(dg.ConfigurableResource):
 
     def experiments_url(self) -> str:
         """The MLflow UI on its classic experiment-tracking view (runs, metrics), not the GenAI one."""
-        return f"{self.mlflow_url()}/#/experiments?workflowType=machine_learning"
+        return f"{self.mlflow_url()}/#/experiments?{tracking.CLASSIC_VIEW}"
 
     def uri(self) -> str:
         if self.tracking_uri:

@@ -38,12 +38,14 @@ REGISTERED = ("unime-v2-embedder", "unime-v2-reranker")
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  ") -> str:
-    """Left-aligned first column, right-aligned numbers; floats as given (format them before)."""
+    """Columns of numbers (durations, percentages) right-aligned, text left-aligned; cells as given."""
     cells = [[str(c) for c in header], *[[str(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    numeric = [i > 0 and all(r[i][:1].isdigit() or r[i] in {"-", "n/a"} for r in cells[1:]) for i in range(len(header))]
 
     def line(r: list[str]) -> str:
-        return indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        return indent + "  ".join(c.rjust(w) if numeric[i] else c.ljust(w)
+                                  for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()  # fmt: skip
 
     return "\n".join([line(cells[0]), indent + "  ".join("-" * w for w in widths), *map(line, cells[1:])])
 
@@ -54,7 +56,8 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def _seconds(value: float | None) -> str:
+def duration(value: float | None) -> str:
+    """Seconds as `42s` or `3m05s`."""
     if value is None:
         return "?"
     s = int(round(value))
@@ -151,9 +154,9 @@ def timing_section(instance: dg.DagsterInstance, assets: Sequence[str]) -> str:
         slow = max(records, key=lambda r: walls[r.dagster_run.run_id])
         slow_part = slow.dagster_run.tags.get("dagster/partition")
         label = "ad hoc (asset graph)" if job == "__ephemeral_asset_job__" else job
-        rows.append((label, len(records), _seconds(sum(walls.values())),
-                     ", ".join(f"{k} {_seconds(v)}" for k, v in steps.items() if v >= 0.5) or "-",
-                     f"{slow_part} {_seconds(walls[slow.dagster_run.run_id])}" if slow_part and len(records) > 1 else "-"))  # fmt: skip
+        rows.append((label, len(records), duration(sum(walls.values())),
+                     ", ".join(f"{k} {duration(v)}" for k, v in steps.items() if v >= 0.5) or "-",
+                     f"{slow_part} {duration(walls[slow.dagster_run.run_id])}" if slow_part and len(records) > 1 else "-"))  # fmt: skip
     return text_table(["stage (job)", "runs", "wall", "time per asset (steps)", "slowest partition"], rows)
 
 
@@ -170,9 +173,12 @@ def judge_section(instance: dg.DagsterInstance) -> str:
 
     per = {p: quality(t) for p, t in tables.items()}
     overall = quality(pl.concat(list(tables.values()), how="vertical_relaxed"))
-    keys = ["auc_pos_vs_candidates", "false_negative_rate", "frac_pos_below_0.5"]
-    rows = [(f"all {len(tables)} partitions", sum(t.height for t in tables.values()), *(_fmt(overall[k]) for k in keys))]
-    rows += [(p, tables[p].height, *(_fmt(q[k]) for k in keys)) for p, q in per.items()]
+    def cells(q: dict[str, float]) -> tuple[str, str, str]:
+        return (f"{q['auc_pos_vs_candidates']:.3f}", f"{100 * q['false_negative_rate']:.1f} %",
+                f"{100 * q['frac_pos_below_0.5']:.1f} %")  # fmt: skip
+
+    rows = [(f"all {len(tables)} partitions", sum(t.height for t in tables.values()), *cells(overall))]
+    rows += [(p, tables[p].height, *cells(q)) for p, q in per.items()]
     worst = min(per, key=lambda p: per[p]["auc_pos_vs_candidates"])
     return (text_table(["judge_scores", "queries", "AUC pos vs cands", "false-neg rate", "pos < 0.5"], rows)
             + f"\n  worst partition: {worst} (AUC {per[worst]['auc_pos_vs_candidates']:.3f}, false-negative rate "
@@ -231,11 +237,13 @@ def registry_section(tracking_uri: str) -> str:
     for name in REGISTERED:
         try:
             versions = client.search_model_versions(f"name='{name}'")
+            aliases = client.get_registered_model(name).aliases  # {alias: version}; search results lack them
         except MlflowException:
-            versions = []
+            versions, aliases = [], {}
         for v in sorted(versions, key=lambda v: int(v.version)):
             overall = (v.tags or {}).get("mmeb.overall", "")
-            rows.append((name, v.version, ",".join(v.aliases or []) or "-", f"{float(overall):.1f}" if overall else "-",
+            named = [a for a, n in sorted(aliases.items()) if str(n) == str(v.version)]
+            rows.append((name, v.version, ",".join(named) or "-", f"{float(overall):.1f}" if overall else "-",
                          (v.run_id or "")[:8]))  # fmt: skip
     if not rows:
         return "  no registered model versions"

@@ -5,6 +5,7 @@ asset metadata and MLflow artifacts). Below every method package: it imports non
 """
 
 from unime_assets.tracking.mlflow_runs import (
+    CLASSIC_VIEW,
     RunHandle,
     artifact_url,
     dagster_tags,
@@ -18,5 +19,5 @@ from unime_assets.tracking.mlflow_runs import (
     version_description,
 )
 
-__all__ = ["RunHandle", "artifact_url", "dagster_tags", "describe_model", "describe_version", "ensure_experiment",
+__all__ = ["CLASSIC_VIEW", "RunHandle", "artifact_url", "dagster_tags", "describe_model", "describe_version", "ensure_experiment",
            "run_url", "set_alias", "start_run", "tag_version", "version_description"]  # fmt: skip

@@ -45,13 +45,17 @@ def ensure_experiment(
     return exp.experiment_id
 
 
+# The UI's query parameter for its classic view; without it a first visit lands in the GenAI view.
+CLASSIC_VIEW = "workflowType=machine_learning"
+
+
 def run_url(ui_url: str, experiment_id: str, run_id: str) -> str:
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{CLASSIC_VIEW}"
 
 
 def artifact_url(ui_url: str, experiment_id: str, run_id: str, path: str) -> str:
     """The artifact's page in the MLflow UI (the run's Artifacts tab, that file selected)."""
-    return f"{run_url(ui_url, experiment_id, run_id)}/artifacts/{path}"
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}?{CLASSIC_VIEW}"
 
 
 def artifact_file_url(ui_url: str, run_id: str, path: str) -> str:
@@ -87,7 +91,7 @@ class RunHandle:
         markdown under 1000 characters inline on the asset page, longer markdown only behind a button.
         """
         path = f"plots/{name}.png"
-        MlflowClient().log_figure(self.run_id, fig, path)
+        MlflowClient().log_figure(self.run_id, fig, path, save_kwargs={"dpi": 80, "bbox_inches": "tight"})
         plots.close(fig)
         return f"![{name} (served by the MLflow UI at {self.ui_url})]({self.artifact_file_url(path)})"
 
