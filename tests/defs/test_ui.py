@@ -238,7 +238,7 @@ def test_asset_pages_show_rounded_numbers_tables_inline_plots_and_described_colu
                   "mmeb_report"):  # fmt: skip
         _, entries = _latest_entries(base, asset)
         floats = {k: e["floatValue"] for k, e in entries.items() if e["__typename"] == "FloatMetadataEntry"}
-        assert floats, asset
+        assert floats or asset == "mmeb_report", asset  # the report's numbers are in its tables
         too_long = {k: v for k, v in floats.items() if v == v and _significant_digits(v) > 4 and abs(v) < 1e4}
         assert not too_long, f"{asset}: unrounded floats {too_long}"
         for key, e in entries.items():
