@@ -76,6 +76,17 @@ def _wait_for_assets(base: str, proc: subprocess.Popen, log: Path, timeout: floa
     )
 
 
+def _stop(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the server's process group (started in its own session, so children get it too)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def webserver(materialized, tmp_path_factory):
     """dagster-webserver on a free 127.0.0.1 port, pointed at the materialized instance; stopped by
@@ -96,13 +107,7 @@ def webserver(materialized, tmp_path_factory):
         nodes = _wait_for_assets(base, proc, log)
         yield {"base": base, "nodes": nodes, "startup_s": time.monotonic() - t0}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        _stop(proc, signal.SIGINT)
 
 
 @pytest.mark.slow
@@ -206,13 +211,7 @@ def mlflow_server(materialized, tmp_path_factory):
             time.sleep(1)
         yield base
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        _stop(proc, signal.SIGTERM)
 
 
 def _latest_entries(base: str, asset: str) -> tuple[dict, dict[str, dict]]:
