@@ -46,7 +46,7 @@ def retriever_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
         run.log_params({"base": base, "bootstrap": True, "steps": b.retriever_steps, "lr": b.retriever_lr,
                         "batch_size": b.retriever_batch_size, "temperature": b.retriever_temperature})  # fmt: skip
         result = train_retriever_infonce(base, retriever_pairs(train), s.train_image_root, s.retriever_path,
-                                         cfg, temperature=b.retriever_temperature, log=step_logger(context, run))  # fmt: skip
+                                         cfg, temperature=b.retriever_temperature, log=step_logger(context, run, b.retriever_steps))  # fmt: skip
         curve = figure(run, plots.loss_curve(result.losses, "retriever InfoNCE (bootstrap)"), "loss", "loss_curve")
         return dg.MaterializeResult(metadata=readable({
             **_checkpoint_metadata(s.retriever_path), "final_loss": result.losses[-1],
@@ -82,7 +82,7 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Data
             run.log_params({"base": base, "bootstrap": True, "steps": b.judge_steps, "lr": b.judge_lr,
                             "batch_size": b.judge_batch_size, "examples": len(examples)})  # fmt: skip
             result = train_sft(base, examples, s.train_image_root, s.judge_path, cfg, role="judge",
-                               log=step_logger(context, run))  # fmt: skip
+                               log=step_logger(context, run, b.judge_steps))  # fmt: skip
             meta["final_loss"] = result.losses[-1]
             meta.update(figure(run, plots.loss_curve(result.losses, "judge SFT"), "loss", "loss_curve"))
         else:
