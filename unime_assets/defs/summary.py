@@ -153,7 +153,7 @@ def timing_section(instance: dg.DagsterInstance, assets: Sequence[str]) -> str:
                     steps[st.step_key] += st.end_time - st.start_time
         slow = max(records, key=lambda r: walls[r.dagster_run.run_id])
         slow_part = slow.dagster_run.tags.get("dagster/partition")
-        label = "ad hoc (asset graph)" if job == "__ephemeral_asset_job__" else job
+        label = "ad hoc (no named job)" if job.startswith("__") else job  # e.g. `dagster asset materialize`
         rows.append((label, len(records), duration(sum(walls.values())),
                      ", ".join(f"{k} {duration(v)}" for k, v in steps.items() if v >= 0.5) or "-",
                      f"{slow_part} {duration(walls[slow.dagster_run.run_id])}" if slow_part and len(records) > 1 else "-"))  # fmt: skip
