@@ -27,6 +27,7 @@ help:
 	@echo "make demo  - install, build the embedded default, materialize every asset, print a summary"
 	@echo "make test  - install and run the full test suite"
 	@echo "make ui    - Dagster UI on 127.0.0.1:3000 and MLflow UI on 127.0.0.1:5000"
+	@echo "make init  - (re)write .env, .dagster_home/ and .unime/mlflow/ for this checkout (make install does it)"
 	@echo "make lint  - ruff"
 
 # torch first and alone: the pinned 2.13.0 is a CPU build here, so nothing else can pull a CUDA torch.
@@ -37,9 +38,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip check
 	touch $@
 
-install: $(STAMP) init
+# .env (DAGSTER_HOME, UNIME_HOME for this checkout), .dagster_home/dagster.yaml -> ./dagster.yaml, .unime/mlflow/;
+# `init` alone (no reinstall) is what tests/e2e/test_fresh_clone.py runs in its copy of the checkout.
+install: $(STAMP)
+	@$(BIN)/unime-assets init
 
-# .env (DAGSTER_HOME, UNIME_HOME for this checkout), .dagster_home/dagster.yaml -> ./dagster.yaml, .unime/mlflow/
 init:
 	@$(BIN)/unime-assets init
 
