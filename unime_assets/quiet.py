@@ -2,7 +2,8 @@
 and progress bars are drawn only on a terminal (a log file gets no carriage-return frames).
 
 `install()` runs first in every process of the project (cli.py, definitions.py, the training launcher).
-Warnings that are not listed here stay visible.
+Warnings and messages that are not listed here stay visible; MLflow's note that the registered models
+are pickled with cloudpickle is one of them (models-from-code would avoid the pickle).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 # DeepSpeed's own logger ("DeepSpeed", propagate=False, its own handler): messages dropped, and why.
 _DEEPSPEED_UNDERSTOOD = (
@@ -19,6 +21,15 @@ _DEEPSPEED_UNDERSTOOD = (
     # WarmupLR/WarmupDecayLR call their own get_lr() inside __init__ (to set the initial lr) before the first
     # step, and warn about it; the lr the loop logs is read after each step.
     "Attempting to get learning rate from scheduler before it has started",
+)
+
+
+# Python warnings raised inside libraries, by message (each filter matches one message only).
+_WARNINGS_UNDERSTOOD = (
+    # MLflow's log_model without input_example: with one, MLflow would load the checkpoint to check it.
+    (r".*An input example was not provided when logging the model", UserWarning),
+    # Dagster 1.13's own Pipes context reads a preview property of its message reader on every launch.
+    (r"Function `PipesMessageReader.expected_writer_count` is currently in preview", Warning),
 )
 
 
@@ -34,6 +45,8 @@ class _DropUnderstood(logging.Filter):
 
 def install() -> None:
     """Idempotent; before DeepSpeed or huggingface_hub are imported is best, after works too."""
+    for message, category in _WARNINGS_UNDERSTOOD:
+        warnings.filterwarnings("ignore", message=message, category=category)
     ds = logging.getLogger("DeepSpeed")  # the same object DeepSpeed configures when it is imported
     if not any(isinstance(f, _DropUnderstood) for f in ds.filters):
         ds.addFilter(_DropUnderstood())

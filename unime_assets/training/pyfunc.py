@@ -17,6 +17,10 @@ def _frame(model_input) -> pd.DataFrame:
 
 
 class EmbedderPyfunc(mlflow.pyfunc.PythonModel):
+    # Inputs and outputs are declared by the signature logged with the model; this MLflow class flag skips its
+    # type-hint wrapper of predict() (a pass-through without hints) and the warning asking for hints.
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         from unime_assets.models.loading import load_model
 
@@ -40,6 +44,8 @@ class EmbedderPyfunc(mlflow.pyfunc.PythonModel):
 
 
 class RerankerPyfunc(mlflow.pyfunc.PythonModel):
+    _skip_type_hint_validation = True  # as EmbedderPyfunc
+
     def load_context(self, context) -> None:
         from unime_assets.models.loading import load_model
 

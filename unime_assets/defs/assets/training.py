@@ -14,7 +14,6 @@ import os
 import shlex
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,11 +69,7 @@ def _register(
 
     # The signature declares the `image_root` param; without it MLflow drops params at predict time.
     signature = infer_signature(example, output, params={"image_root": ""})
-    with _inference_files(ckpt) as files, warnings.catch_warnings():
-        # MLflow nudges towards type hints on predict() and an input example; the signature above already
-        # declares inputs and outputs, and an input example would make MLflow load the checkpoint to check it.
-        warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r".*An input example was not provided", category=UserWarning)
+    with _inference_files(ckpt) as files:
         info = mlflow.pyfunc.log_model(name=name.replace("unime-v2-", ""), python_model=python_model,
                                        artifacts={"checkpoint": str(files)}, registered_model_name=name,
                                        signature=signature, pip_requirements=PIP_REQUIREMENTS)  # fmt: skip
@@ -111,12 +106,9 @@ def _train_out_of_process(
     cmd = launch_command(spec_path, processes, launcher)
     run.log_params({"launch.processes": processes, "launch.command": shlex.join(cmd)})  # resolved
     context.log.info(f"launching {task} training: {shlex.join(cmd)}")
-    with warnings.catch_warnings():
-        # Raised inside Dagster's own Pipes context (expected_writer_count is preview in 1.13), not by this code.
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        invocation = dg.PipesSubprocessClient(env=launch_env()).run(
-            command=cmd, context=context, extras={"spec": str(spec_path)}
-        )
+    invocation = dg.PipesSubprocessClient(env=launch_env()).run(
+        command=cmd, context=context, extras={"spec": str(spec_path)}
+    )
     reported: dict = {}
     for res in invocation.get_results(implicit_materializations=False):
         reported.update(res.metadata or {})
