@@ -8,6 +8,7 @@ from unime_assets.data.validation import ValidationResult, validate_eval, valida
 from unime_assets.defs.assets._common import run_metadata
 from unime_assets.defs.automation import source_files
 from unime_assets.defs.io_managers import ValidatedTable
+from unime_assets.defs.metadata import readable
 from unime_assets.defs.partitions import (
     check_partition,
     eval_partitions,
@@ -43,8 +44,8 @@ def mmeb_train(context: dg.AssetExecutionContext, settings: SettingsResource, ml
     context.log.info(f"{subset}: {df.height} training pairs, {res.counts.get('quarantined', 0)} quarantined")
     # What the nightly schedule compares to notice changed source files (defs/automation.py).
     fingerprint = files_stat_fingerprint(source_files(s.train_root, subset, s.train_split))
-    return dg.Output(ValidatedTable(res, quarantine), metadata={
-        "rows": df.height, "source_fingerprint": fingerprint, **info, **meta, **run_metadata(run)})  # fmt: skip
+    return dg.Output(ValidatedTable(res, quarantine), metadata=readable({
+        "rows": df.height, "source_fingerprint": fingerprint, **info, **meta, **run_metadata(run)}))  # fmt: skip
 
 
 @dg.asset(group_name="data", kinds={"polars", "parquet"}, partitions_def=eval_partitions,
@@ -65,8 +66,8 @@ def mmeb_eval(context: dg.AssetExecutionContext, settings: SettingsResource, mlf
         run.log_params({"eval_root": s.eval_root, "subset": subset, **v.model_dump()})
         run.log_metrics({"mean_candidates": mean_cands})
         meta = _validation_outputs(context, run, res, quarantine)
-    return dg.Output(ValidatedTable(res, quarantine), metadata={
-        "rows": df.height, "mean_candidates": mean_cands, **info, **meta, **run_metadata(run)})  # fmt: skip
+    return dg.Output(ValidatedTable(res, quarantine), metadata=readable({
+        "rows": df.height, "mean_candidates": mean_cands, **info, **meta, **run_metadata(run)}))  # fmt: skip
 
 
 def _validation_outputs(context: dg.AssetExecutionContext, run, res: ValidationResult, quarantine_path) -> dict:
