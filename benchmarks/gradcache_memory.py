@@ -11,7 +11,14 @@ Reported per configuration:
 
 - `peak`: the process's peak RSS during the second step;
 - `step`: that peak minus the RSS before the step, i.e. what the step itself allocates
-  (activations, representations, gradients in flight).
+  (activations, representations, gradients in flight). It needs the peak reset: without it VmHWM is
+  the peak since start and `step` would be meaningless, so the script fails when a reset did not happen.
+
+GradCache must not change the training: each configuration's losses and gradient norms of both steps
+are compared with the plain backward at the same batch (relative 1e-3; the order of float32 sums
+differs) and the script exits 1 when they differ. It ends with
+
+    RESULT gradcache: ratio X peak step allocation batch 64 / batch 8 with GradCache (chunk 2)
 
     .venv/bin/python benchmarks/gradcache_memory.py            # batches 8 and 64, chunk 2 vs off
     .venv/bin/python benchmarks/gradcache_memory.py --batches 8 32 --chunk 4 --home /path/to/embedded
@@ -87,6 +94,7 @@ def worker(home: Path, batch: int, chunk: int, k: int) -> dict:
     marks: dict[str, float] = {}
 
     def log(step: int, metrics: dict[str, float]) -> None:
+        marks[f"loss_{step}"], marks[f"grad_norm_{step}"] = metrics["loss"], metrics["grad_norm"]
         if step == 0:  # everything but the step itself is resident now
             marks["reset"] = _reset_peak()
             marks["before_kib"] = _status_kib("VmRSS")
@@ -101,10 +109,11 @@ def worker(home: Path, batch: int, chunk: int, k: int) -> dict:
     sequences = batch * (k + 2)
     return {"batch": batch, "chunk": chunk, "sequences": sequences, "peak_mib": marks["peak_kib"] / 1024,
             "step_mib": (marks["peak_kib"] - marks["before_kib"]) / 1024, "step_seconds": marks["seconds"],
-            "peak_reset": bool(marks["reset"])}  # fmt: skip
+            "peak_reset": bool(marks["reset"]),
+            "train": [marks["loss_0"], marks["grad_norm_0"], marks["loss_1"], marks["grad_norm_1"]]}  # fmt: skip
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--home", type=Path, help="embedded default home (default: build a reduced one)")
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 64])
@@ -114,8 +123,8 @@ def main() -> None:
     ap.add_argument("--worker", nargs=3, type=int, metavar=("BATCH", "CHUNK", "K"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.home, *args.worker)), flush=True)
-        return
+        print("WORKER " + json.dumps(worker(args.home, *args.worker)), flush=True)
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         home = args.home
@@ -131,10 +140,10 @@ def main() -> None:
                        "--worker", str(batch), str(chunk), str(args.k)]  # fmt: skip
                 env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("WORKER ")]
                 if proc.returncode != 0 or not lines:
                     raise SystemExit(f"worker {batch}/{chunk} failed:\n{proc.stderr[-4000:]}")
-                res = json.loads(lines[-1][len("RESULT ") :])
+                res = json.loads(lines[-1][len("WORKER ") :])
                 results.append(res)
                 print(json.dumps(res), flush=True)
 
@@ -154,7 +163,23 @@ def main() -> None:
               f"step alloc {b['step_mib'] / max(a['step_mib'], 1e-9):.2f}x")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    ok = True
+    if not all(r["peak_reset"] for r in results):
+        print("FAILED: the peak-RSS reset (/proc/self/clear_refs) did not happen: step allocations are not measured")
+        ok = False
+    for batch in args.batches:  # GradCache is exact: same losses and gradient norms as the plain backward
+        plain = next(r for r in results if r["chunk"] == 0 and r["batch"] == batch)["train"]
+        cached = next(r for r in results if r["chunk"] == args.chunk and r["batch"] == batch)["train"]
+        if not all(abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(plain, cached, strict=True)):
+            print(f"FAILED: batch {batch}: GradCache {cached} differs from the plain backward {plain} "
+                  "(loss, grad norm of steps 1 and 2)")  # fmt: skip
+            ok = False
+    a = next(r for r in results if r["chunk"] == args.chunk and r["batch"] == lo)
+    b = next(r for r in results if r["chunk"] == args.chunk and r["batch"] == hi)
+    print(f"RESULT gradcache: ratio {b['step_mib'] / max(a['step_mib'], 1e-9):.2f} peak step allocation batch {hi} / "
+          f"batch {lo} with GradCache (chunk {args.chunk}); peak RSS {b['peak_mib']:.0f} / {a['peak_mib']:.0f} MiB")  # fmt: skip
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import faiss
 import numpy as np
 import polars as pl
 
+from unime_assets.retrieval.screened import ScreenStats, fast_bf16_matmul, screened_filtered_topk
+
 # GPU FAISS answers at most k = 2048 per search; deeper searches take the exact numpy path.
 MAX_SEARCH_DEPTH = 2048
+# `method="auto"` screens in bf16 from this much work on (queries x pool x dim multiply-adds) and this
+# dimension on: below, fixed costs dominate (measured with benchmarks/candidate_pool.py).
+SCREEN_MIN_WORK = 10**11
+SCREEN_MIN_DIM = 512
+
+SearchMethod = Literal["auto", "faiss", "screened"]
 
 POOL_SCHEMA = {
     "pair_id": pl.String,
@@ -35,6 +44,7 @@ class PoolResult:
     pos_sim: np.ndarray  # (n,) float32 similarity of each query to its positive
     n_deepened: int = 0  # queries that needed more than the first search depth
     n_exact: int = 0  # queries finished by the exact numpy scan (past MAX_SEARCH_DEPTH)
+    method: str = "faiss"  # which search answered: faiss (index + deepening) or screened (bf16 + float32)
 
     @property
     def cand_idx(self) -> list[np.ndarray]:
@@ -108,6 +118,7 @@ def search_below_positive(
     chunk: int = 4096,
     max_depth: int = MAX_SEARCH_DEPTH,
     cand_emb: np.ndarray | None = None,
+    method: SearchMethod = "auto",
 ) -> PoolResult:
     """Top-k candidates strictly less similar than each query's positive, its own row excluded.
 
@@ -117,6 +128,11 @@ def search_below_positive(
     the number of queries. Past `max_depth` the remaining queries are finished by an exact scan of
     `cand_emb` when given (GPU FAISS cannot search deeper than 2048), else by deeper index searches
     in smaller batches.
+
+    `method`: `faiss` as above; `screened` scores every candidate once in bf16 and rescores the few
+    that can matter in float32 (`retrieval.screened`, needs `cand_emb`; same result, the index is not
+    searched); `auto` screens for an exact CPU index on a CPU with native bf16 at large shapes
+    (`SCREEN_MIN_WORK`, `SCREEN_MIN_DIM`), where it takes about half the CPU time, else uses faiss.
     """
     n, total = len(query_emb), index.ntotal
     if k < 1:
@@ -127,6 +143,13 @@ def search_below_positive(
     out = PoolResult(
         np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32), np.zeros(n, np.int64), pos_sim
     )
+    if resolve_method(method, index, cand_emb, n) == "screened":
+        if cand_emb is None:
+            raise ValueError("search method 'screened' needs cand_emb (the index's rows)")
+        ids, sims = screened_filtered_topk(cand_emb, q, pos_sim, pos_idx, k, stats=(st := ScreenStats()))
+        _write_first_k(ids >= 0, ids, sims, np.arange(n), k, out)
+        out.method, out.n_exact = "screened", st.fallback
+        return out
     budget = chunk * max(max_depth, k + 16)  # result entries held at once
     for start in range(0, n, chunk):
         pending = np.arange(start, min(start + chunk, n))
@@ -156,6 +179,18 @@ def search_below_positive(
             # Double, but stop once at max_depth (the deepest GPU search) before the exact scan.
             depth = min(total, max_depth if depth < max_depth < depth * 2 else depth * 2)
     return out
+
+
+def resolve_method(method: SearchMethod, index, cand_emb: np.ndarray | None, n_queries: int) -> str:
+    """`faiss` or `screened` for this call (see `search_below_positive`)."""
+    if method not in ("auto", "faiss", "screened"):
+        raise ValueError(f"unknown search method {method!r}; expected auto, faiss or screened")
+    if method != "auto":
+        return method
+    exact_cpu = isinstance(index, faiss.IndexFlat)  # GPU and approximate indexes are not IndexFlat
+    dim = cand_emb.shape[1] if cand_emb is not None else 0
+    big = n_queries * index.ntotal * dim >= SCREEN_MIN_WORK and dim >= SCREEN_MIN_DIM
+    return "screened" if cand_emb is not None and exact_cpu and big and fast_bf16_matmul() else "faiss"
 
 
 def pool_frame(pair_ids: Sequence[str] | pl.Series, pos_idx: np.ndarray, res: PoolResult) -> pl.DataFrame:
