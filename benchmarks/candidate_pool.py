@@ -194,7 +194,8 @@ def run_shape(nq: int, npool: int, dim: int, methods: list[str], threads: int, t
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a minute)")
+    ap.add_argument("--smoke", action="store_true", help="one toy shape, exact methods only (the tests)")
     ap.add_argument("--no-approx", action="store_true", help="skip IVF / HNSW")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--mmeb-queries", type=int, default=662_000, help="for the extrapolated cost")
@@ -215,7 +216,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     exact = ["default", "faiss_flat", "torch_chunked"]
     approx = [] if args.no_approx else ["faiss_ivf", "faiss_hnsw"]
-    if args.quick:
+    if args.smoke:
+        grid = [(300, 2_000, 64, exact)]
+    elif args.quick:
         grid = [(1_000, 4_000, 256, exact + approx), (2_000, 6_000, 768, exact)]
     else:
         grid = [(2_000, 20_000, 3584, ["default", "torch_chunked", *approx]),

@@ -52,8 +52,7 @@ def check_judge(dev: str, args, peak: Peak) -> list[Row]:
 
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     model, proc = build_judge(args.judge_size, layers=args.judge_layers, vision_blocks=args.judge_vision_blocks,
-                              dtype=dtype)  # fmt: skip
-    model.to(dev)
+                              dtype=dtype, device=dev, max_pixels=args.judge_max_pixels)  # fmt: skip
     images = SyntheticImages()
     groups = [g for mix in MMEB_TRAIN_MIX[:: args.subset_stride] for g in make_groups(mix, 1, args.cands, images)]
     pairs = [(q, c) for q, cs in groups for c in cs]
@@ -170,8 +169,8 @@ def check_embedder_step(dev: str, args, peak: Peak, home: Path) -> list[Row]:
     from unime_assets.training.engine import EngineConfig
 
     settings = load_settings(home / "settings.yaml")
-    examples = _examples(settings, 16, 8)
-    cfg = EngineConfig(micro_batch_size=16, total_steps=2, lr=1e-4, warmup_steps=1, zero_stage=2,
+    examples = _examples(settings, args.embedder_batch, args.embedder_k)
+    cfg = EngineConfig(micro_batch_size=args.embedder_batch, total_steps=2, lr=1e-4, warmup_steps=1, zero_stage=2,
                        bf16=dev == "cuda")  # fmt: skip
     losses: list[float] = []
     with tempfile.TemporaryDirectory() as out:
@@ -191,7 +190,7 @@ def check_eval_encoder(dev: str, args, peak: Peak, home: Path) -> list[Row]:
     from unime_assets.evaluation import evaluate_model
 
     settings = load_settings(home / "settings.yaml")
-    eval_df = load_eval(settings.eval_root, settings.eval_subset_names[:3])
+    eval_df = load_eval(settings.eval_root, settings.eval_subset_names[: args.eval_subsets])
     t = time.perf_counter()
     res = evaluate_model(settings.embedder_base.path, eval_df, settings.eval_image_root, image_size=None,
                          batch_size=32)  # fmt: skip
@@ -204,20 +203,26 @@ def check_eval_encoder(dev: str, args, peak: Peak, home: Path) -> list[Row]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="toy sizes on the CPU (tests the plumbing)")
-    ap.add_argument("--judge-size", default="7b", choices=["3b", "7b"])
-    ap.add_argument("--judge-layers", type=int, default=4)
-    ap.add_argument("--judge-vision-blocks", type=int, default=4)
+    ap.add_argument("--judge-size", default="7b", choices=["3b", "7b", "smoke"])
+    ap.add_argument("--judge-layers", type=int, default=28, help="LM layers (28: the real 7B depth)")
+    ap.add_argument("--judge-vision-blocks", type=int, default=32, help="vision blocks (32: the real tower)")
     ap.add_argument("--judge-batch", type=int, default=32)
+    ap.add_argument("--judge-max-pixels", type=int, default=300 * 28 * 28)
+    ap.add_argument("--embedder-batch", type=int, default=16)
+    ap.add_argument("--embedder-k", type=int, default=8)
+    ap.add_argument("--eval-subsets", type=int, default=3)
     ap.add_argument("--cands", type=int, default=50)
     ap.add_argument("--subset-stride", type=int, default=1, help="every n-th MMEB-train subset")
     ap.add_argument("--vllm-tol", type=float, default=2e-2, help="max abs score difference HF vs vLLM, bf16")
     ap.add_argument("--faiss-queries", type=int, default=10_000)
     ap.add_argument("--faiss-pool", type=int, default=100_000)
+    ap.add_argument("--home", type=Path, help="an embedded default built by `unime-assets build-default` (else built)")
     args = ap.parse_args()
     if args.cpu_smoke:
         dev = "cpu"
-        args.judge_size, args.judge_layers, args.judge_vision_blocks = "3b", 1, 1
+        args.judge_size, args.judge_layers, args.judge_vision_blocks = "smoke", 1, 1
         args.cands, args.subset_stride, args.faiss_queries, args.faiss_pool = 2, 7, 50, 500
+        args.judge_max_pixels, args.embedder_batch, args.embedder_k, args.eval_subsets = 16 * 28 * 28, 2, 2, 1
     elif not torch.cuda.is_available():
         print("gpu_acceptance: this Python sees no CUDA device (torch.cuda.is_available() is False). Run it on a "
               "GPU machine with a CUDA build of torch; --cpu-smoke runs the plumbing on the CPU.")  # fmt: skip
@@ -243,7 +248,7 @@ def main() -> int:
         ]
         for name, fn in checks:
             if name == "embedder step":
-                home = _embedded(tmp)
+                home = args.home or _embedded(tmp)
             t = time.perf_counter()
             try:
                 got = fn()

@@ -113,6 +113,20 @@ def worker(home: Path, batch: int, chunk: int, k: int) -> dict:
             "train": [marks["loss_0"], marks["grad_norm_0"], marks["loss_1"], marks["grad_norm_1"]]}  # fmt: skip
 
 
+def check(results: list[dict], batches: list[int], chunk: int) -> list[str]:
+    """What makes the run invalid: a missing peak reset, or GradCache training differently from plain."""
+    failures = []
+    if not all(r["peak_reset"] for r in results):
+        failures.append("the peak-RSS reset (/proc/self/clear_refs) did not happen: step allocations are not measured")
+    for batch in batches:  # GradCache is exact: same losses and gradient norms as the plain backward
+        plain = next(r for r in results if r["chunk"] == 0 and r["batch"] == batch)["train"]
+        cached = next(r for r in results if r["chunk"] == chunk and r["batch"] == batch)["train"]
+        if not all(abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(plain, cached, strict=True)):
+            failures.append(f"batch {batch}: GradCache {cached} differs from the plain backward {plain} "
+                            "(loss, grad norm of steps 1 and 2)")  # fmt: skip
+    return failures
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--home", type=Path, help="embedded default home (default: build a reduced one)")
@@ -163,22 +177,14 @@ def main() -> int:
               f"step alloc {b['step_mib'] / max(a['step_mib'], 1e-9):.2f}x")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    ok = True
-    if not all(r["peak_reset"] for r in results):
-        print("FAILED: the peak-RSS reset (/proc/self/clear_refs) did not happen: step allocations are not measured")
-        ok = False
-    for batch in args.batches:  # GradCache is exact: same losses and gradient norms as the plain backward
-        plain = next(r for r in results if r["chunk"] == 0 and r["batch"] == batch)["train"]
-        cached = next(r for r in results if r["chunk"] == args.chunk and r["batch"] == batch)["train"]
-        if not all(abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(plain, cached, strict=True)):
-            print(f"FAILED: batch {batch}: GradCache {cached} differs from the plain backward {plain} "
-                  "(loss, grad norm of steps 1 and 2)")  # fmt: skip
-            ok = False
+    failures = check(results, args.batches, args.chunk)
+    for f in failures:
+        print("FAILED:", f)
     a = next(r for r in results if r["chunk"] == args.chunk and r["batch"] == lo)
     b = next(r for r in results if r["chunk"] == args.chunk and r["batch"] == hi)
     print(f"RESULT gradcache: ratio {b['step_mib'] / max(a['step_mib'], 1e-9):.2f} peak step allocation batch {hi} / "
           f"batch {lo} with GradCache (chunk {args.chunk}); peak RSS {b['peak_mib']:.0f} / {a['peak_mib']:.0f} MiB")  # fmt: skip
-    return 0 if ok else 1
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -29,11 +29,12 @@ from PIL import Image
 
 WORDS = ["image", "photo", "picture", "dog", "cat", "man", "woman", "car", "street", "table", "food", "water", "sky", "tree", "building", "sign", "red", "blue", "green", "white", "black", "small", "large", "left", "right", "top", "bottom", "people", "two", "three", "many", "what", "where", "who", "which", "how", "color", "number", "name", "year", "news", "game", "city", "river", "road", "field", "room", "window", "door", "chart", "value", "total", "percent", "table", "page", "question", "answer", "caption", "document", "screen", "brand", "country", "sport", "animal", "bird", "horse", "boat", "train", "plane", "bus", "bike", "shirt", "hat", "ball", "phone", "book", "bottle", "cup", "plate", "chair", "bed"]  # fmt: skip
 
-QWEN25_VL = {  # public config facts (../shared/reference/model-shapes.md)
+QWEN25_VL = {  # public config facts (../shared/reference/model-shapes.md); "smoke" is for the tests only
     "3b": {"hidden": 2048, "heads": 16, "kv_heads": 2, "intermediate": 11008, "vocab": 151936, "layers": 36,
            "tie": True},
     "7b": {"hidden": 3584, "heads": 28, "kv_heads": 4, "intermediate": 18944, "vocab": 152064, "layers": 28,
            "tie": False},
+    "smoke": {"hidden": 128, "heads": 4, "kv_heads": 2, "intermediate": 256, "vocab": 4096, "layers": 2, "tie": True},
 }  # fmt: skip
 VISION = {"depth": 32, "hidden": 1280, "intermediate": 3420, "heads": 16, "patch": 14, "merge": 2, "window": 112}
 
@@ -85,8 +86,9 @@ def build_tokenizer():
 
 
 def build_judge(size: str = "3b", *, layers: int = 2, vision_blocks: int = 2, max_pixels: int = 300 * 28 * 28,
-                seed: int = 0, dtype: torch.dtype = torch.float32):  # fmt: skip
-    """(model, processor): Qwen2.5-VL at the real widths of `size`, `layers` LM layers, random weights."""
+                seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu"):  # fmt: skip
+    """(model, processor): Qwen2.5-VL at the real widths of `size`, `layers` LM layers, random weights,
+    created directly in `dtype` on `device` (a full-depth 7B in bf16 is 16 GB: no float32 copy on the host)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
     from unime_assets.models.processors import ImageOnlyQwen25VLProcessor
@@ -116,7 +118,13 @@ def build_judge(size: str = "3b", *, layers: int = 2, vision_blocks: int = 2, ma
         tie_word_embeddings=shape["tie"],
     )  # fmt: skip
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(default)
     processor = ImageOnlyQwen25VLProcessor(
         image_processor=Qwen2VLImageProcessorPil(min_pixels=4 * 28 * 28, max_pixels=max_pixels),
         tokenizer=tok, chat_template=CHAT_TEMPLATE,

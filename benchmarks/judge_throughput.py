@@ -211,7 +211,8 @@ def main() -> int:
         ok &= row["diff"] <= 1e-4
         rows.append(row)
         print(f"  {mix.name}: ours {c_o / len(pairs) * 1e3:.0f} ms/pair, batched {c_b / len(sample) * 1e3:.0f} "
-              f"ms/pair (CPU), max |diff| {row['diff']:.1e}", file=sys.stderr, flush=True)  # fmt: skip
+              f"ms/pair (CPU), max |diff| {row['diff']:.1e}, scores {ours.min():.3f}..{ours.max():.3f}",
+              file=sys.stderr, flush=True)  # fmt: skip
 
     print("\n| subset | MMEB-train queries | path | pairs timed | CPU ms/pair | wall ms/pair | LM tokens/pair "
           "| GFLOP/pair (built) | fp32 peak fraction (CPU) | GFLOP/pair at full depth |")  # fmt: skip
