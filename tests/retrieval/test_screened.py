@@ -13,6 +13,7 @@ from unime_assets.retrieval.screened import (
     F32_UNIT_ROUNDOFF,
     ScreenStats,
     screened_filtered_topk,
+    torch_filtered_topk,
 )
 from unime_assets.retrieval.search import resolve_method
 
@@ -122,18 +123,31 @@ def test_search_below_positive_screened_matches_faiss():
         search_below_positive(index, q, c[pos], pos, k=25, method="annoy")  # type: ignore[arg-type]
 
 
-def test_auto_screens_only_exact_cpu_indexes_at_large_shapes(monkeypatch):
+def test_auto_scans_with_torch_only_exact_cpu_indexes_at_large_shapes(monkeypatch):
     import unime_assets.retrieval.search as search
 
     c = _unit(np.random.default_rng(0).standard_normal((100, 1024)))
     flat = make_index(c, use_gpu=False)
-    monkeypatch.setattr(search, "fast_bf16_matmul", lambda: True)
-    monkeypatch.setattr(search, "SCREEN_MIN_WORK", 100 * 1024 * 10)
-    assert resolve_method("auto", flat, c, 10) == "screened"
+    monkeypatch.setattr(search, "TORCH_MIN_WORK", 100 * 1024 * 10)
+    assert resolve_method("auto", flat, c, 10) == "torch"
     assert resolve_method("auto", flat, c, 9) == "faiss"  # too little work
-    assert resolve_method("auto", flat, None, 10) == "faiss"  # no rows to rescore
+    assert resolve_method("auto", flat, None, 10) == "faiss"  # no rows to scan
     assert resolve_method("auto", faiss.IndexHNSWFlat(1024, 8), c, 10) == "faiss"  # approximate index
     assert resolve_method("auto", flat, c[:, :256], 10**6) == "faiss"  # small dimension
-    monkeypatch.setattr(search, "fast_bf16_matmul", lambda: False)
-    assert resolve_method("auto", flat, c, 10) == "faiss"  # bf16 emulated: slower than float32
     assert resolve_method("screened", flat, c, 1) == "screened"
+
+
+def test_torch_scan_matches_faiss_and_the_exact_scan():
+    q, c, pos = _clustered(3000, 150, 128, seed=4)
+    index = make_index(c, use_gpu=False)
+    a = search_below_positive(index, q, c[pos], pos, k=25, method="faiss")
+    t = search_below_positive(index, q, c[pos], pos, k=25, method="torch", cand_emb=c, chunk=64)
+    assert t.method == "torch"
+    _check_equal_to_exact(q, c, pos, t.ids, 25)
+    assert np.mean([set(x) == set(y) for x, y in zip(a.ids.tolist(), t.ids.tolist(), strict=True)]) > 0.95
+    below = np.einsum("ij,ij->i", q, c[pos]).astype(np.float32)
+    ids, sims = torch_filtered_topk(c, q, below, pos, 25, query_chunk=50, cand_chunk=700)
+    ref_ids, ref_sims = exact_filtered_topk(c, q, below, pos, 25)
+    same = np.array([set(x) == set(y) for x, y in zip(ids.tolist(), ref_ids.tolist(), strict=True)])
+    assert same.mean() > 0.95
+    np.testing.assert_allclose(sims[same], ref_sims[same], atol=1e-5)

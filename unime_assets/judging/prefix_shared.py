@@ -178,7 +178,7 @@ class PrefixSharedJudge:
         self.prefix_forwards = 0
         # LM work done, for FLOP counts: tokens run (suffix padding included), the attention context they
         # saw (sum over tokens of the keys attended), and rows sent to lm_head
-        self.work = {"tokens": 0, "context": 0, "head_rows": 0}
+        self.work = {"tokens": 0, "context": 0, "head_rows": 0, "prefix_tokens": 0}
 
     # -- text side -------------------------------------------------------------------------------------
     def _render(self, query: Item, cand: Item) -> str:
@@ -256,6 +256,7 @@ class PrefixSharedJudge:
             cache = DynamicCache(config=self.model.config)
             self.prefix_forwards += 1
             self._count(1, 0, k, 0)
+            self.work["prefix_tokens"] += k
             self._lm(self._embed(ids, [e.features for e in imgs]), pos, cache)
             cache_kv = [(layer.keys, layer.values) for layer in cache.layers]
             offset = int(pos.max()) + 1

@@ -1,8 +1,12 @@
-"""Exact δ-filtered top-k with a bf16 screening pass: the same result as a float32 scan, about 2x less CPU.
+"""Exact δ-filtered top-k scans in torch: a float32 scan, and one with a bf16 screening pass.
 
-Every query's candidates are scored once in bfloat16 (twice the matmul rate of float32 on CPUs with
-AVX512-BF16 or AMX), and only those that could still be in the exact answer are rescored in float32.
-What makes it exact is a rigorous interval around every bf16 score. The query gets one extra
+`torch_filtered_topk` is the plain scan (q @ pool.T per block, the δ mask, a running top-k).
+`screened_filtered_topk` gives the same result from a bf16 pass (twice the matmul rate of float32 on
+CPUs with AVX512-BF16 or AMX) plus float32 rescoring of the few candidates that can matter; measured
+(benchmarks/candidate_pool.py, 10K x 100K at dim 3584) it saved CPU time single-threaded but not with
+two busy threads, so it is an option, not the default.
+
+What makes the screen exact is a rigorous interval around every bf16 score. The query gets one extra
 coordinate -β (β = its δ rounded to bf16, the candidates a 1 there), so the kernel returns
 x = fl(q~.c~ - β), small near the decisions, and for y = q.c - β:
 
@@ -27,15 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unime_assets.openblas import cpu_flags
-
 BF16_UNIT_ROUNDOFF = 2.0**-8
 F32_UNIT_ROUNDOFF = 2.0**-24
-
-
-def fast_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 @dataclass
@@ -45,11 +42,50 @@ class ScreenStats:
     rescored: int = 0  # candidates rescored in float32, all queries
 
 
+def _as_tensor(x: np.ndarray) -> torch.Tensor:
+    """float32 tensor over x without a copy where possible (a read-only memory map is only read here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(x, dtype=np.float32))
+
+
+def _exact_scan(pool: torch.Tensor, q: torch.Tensor, below: torch.Tensor, exclude: torch.Tensor, k: int,
+                chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The float32 scan: q @ pool.T per pool chunk, the δ mask, a running top-k (best first, -1 padded)."""
+    best_v = torch.full((len(q), k), -torch.inf)
+    best_i = torch.full((len(q), k), -1, dtype=torch.long)
+    for s in range(0, len(pool), chunk):
+        x = q @ pool[s : s + chunk].T
+        ids = torch.arange(s, s + len(x[0]))
+        x[(x >= below[:, None]) | (ids[None, :] == exclude[:, None])] = -torch.inf
+        top = torch.cat([best_v, x], 1).topk(k, dim=1)
+        best_i = torch.cat([best_i, ids.expand(len(q), -1)], 1).gather(1, top.indices)
+        best_v = top.values
+    best_i[~torch.isfinite(best_v)] = -1
+    return best_i, best_v
+
+
+def torch_filtered_topk(
+    cand_emb: np.ndarray, query_emb: np.ndarray, below: np.ndarray, exclude: np.ndarray, k: int,
+    *, query_chunk: int = 4096, cand_chunk: int = 16384,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Exact float32 top-k below δ in one pass over the pool (torch matmul, multi-threaded): the contract
+    of `search.exact_filtered_topk`, memory query_chunk x cand_chunk whatever the pool size."""
+    pool, q = _as_tensor(cand_emb), _as_tensor(query_emb)
+    thr = torch.from_numpy(np.asarray(below, dtype=np.float32))
+    exc = torch.from_numpy(np.asarray(exclude, dtype=np.int64))
+    ids = np.full((len(q), k), -1, dtype=np.int64)
+    sims = np.full((len(q), k), -np.inf, dtype=np.float32)
+    for s in range(0, len(q), query_chunk):
+        i, v = _exact_scan(pool, q[s : s + query_chunk], thr[s : s + query_chunk], exc[s : s + query_chunk], k,
+                           cand_chunk)  # fmt: skip
+        ids[s : s + len(i)], sims[s : s + len(i)] = i.numpy(), v.numpy()
+    return ids, sims
+
+
 def _bf16_rows(x: np.ndarray, extra: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(bf16 rows with `extra` appended as a last column, |x - bf16(x)| per row, |bf16(x)| per row)."""
-    with warnings.catch_warnings():  # a read-only memory map is only read here
-        warnings.simplefilter("ignore", UserWarning)
-        t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    t = _as_tensor(x)
     out = torch.empty((len(t), t.shape[1] + 1), dtype=torch.bfloat16)
     out[:, :-1] = t
     out[:, -1] = extra
@@ -101,10 +137,9 @@ def screened_filtered_topk(
     Same contract as `search.exact_filtered_topk`: ((n, k) ids padded with -1, (n, k) float32 sims),
     best first. Holds a bf16 copy of `cand_emb` (half its float32 size) during the call.
     """
-    from unime_assets.retrieval.search import exact_filtered_topk  # the fallback; search imports us
-
     n, d = query_emb.shape
-    cap = capacity or (2 * k + 64)
+    cap = capacity or (4 * k + 64)
+    pool = _as_tensor(cand_emb)  # float32 rows for rescoring and the fallback scan (no copy of an array)
     stats = stats if stats is not None else ScreenStats()
     blocks, dc_max, cn_max = [], 0.0, 0.0  # bf16 candidate rows with a trailing 1 (for -β)
     for s in range(0, len(cand_emb), cand_chunk):
@@ -166,7 +201,7 @@ def screened_filtered_topk(
             rows = ok[s : s + 64]
             w = max(int(need[rows].sum(1).max()), 1)
             ki, valid = keep_i[rows, :w], need[rows, :w]
-            vecs = torch.from_numpy(np.asarray(cand_emb[ki.clamp(min=0).numpy().ravel()], dtype=np.float32))
+            vecs = pool.index_select(0, ki.clamp(min=0).reshape(-1))
             exact = torch.einsum("qd,qcd->qc", q32[rows], vecs.view(len(rows), w, d))
             exact = torch.where(valid & (exact < thr[rows, None]), exact, ninf)
             best = exact.topk(min(k, w), dim=1)
@@ -180,6 +215,6 @@ def screened_filtered_topk(
         if len(bad):
             stats.fallback += len(bad)
             rows = qs + bad
-            ids_f, sims_f = exact_filtered_topk(cand_emb, query_emb[rows], below[rows], exclude[rows], k)
-            out_ids[rows], out_sims[rows] = ids_f, sims_f
+            ids_f, sims_f = _exact_scan(pool, q32[bad], thr[bad], exc[bad], k)
+            out_ids[rows], out_sims[rows] = ids_f.numpy(), sims_f.numpy()
     return out_ids, out_sims

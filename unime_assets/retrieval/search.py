@@ -17,16 +17,16 @@ import faiss
 import numpy as np
 import polars as pl
 
-from unime_assets.retrieval.screened import ScreenStats, fast_bf16_matmul, screened_filtered_topk
+from unime_assets.retrieval.screened import ScreenStats, screened_filtered_topk, torch_filtered_topk
 
 # GPU FAISS answers at most k = 2048 per search; deeper searches take the exact numpy path.
 MAX_SEARCH_DEPTH = 2048
-# `method="auto"` screens in bf16 from this much work on (queries x pool x dim multiply-adds) and this
-# dimension on: below, fixed costs dominate (measured with benchmarks/candidate_pool.py).
-SCREEN_MIN_WORK = 10**11
-SCREEN_MIN_DIM = 512
+# `method="auto"` scans with torch from this much work on (queries x pool x dim multiply-adds) and this
+# dimension on; below, FAISS is as fast or faster (measured with benchmarks/candidate_pool.py).
+TORCH_MIN_WORK = 10**11
+TORCH_MIN_DIM = 512
 
-SearchMethod = Literal["auto", "faiss", "screened"]
+SearchMethod = Literal["auto", "faiss", "torch", "screened"]
 
 POOL_SCHEMA = {
     "pair_id": pl.String,
@@ -44,7 +44,7 @@ class PoolResult:
     pos_sim: np.ndarray  # (n,) float32 similarity of each query to its positive
     n_deepened: int = 0  # queries that needed more than the first search depth
     n_exact: int = 0  # queries finished by the exact numpy scan (past MAX_SEARCH_DEPTH)
-    method: str = "faiss"  # which search answered: faiss (index + deepening) or screened (bf16 + float32)
+    method: str = "faiss"  # which search answered: faiss (index + deepening), torch or screened (exact scans)
 
     @property
     def cand_idx(self) -> list[np.ndarray]:
@@ -129,10 +129,13 @@ def search_below_positive(
     `cand_emb` when given (GPU FAISS cannot search deeper than 2048), else by deeper index searches
     in smaller batches.
 
-    `method`: `faiss` as above; `screened` scores every candidate once in bf16 and rescores the few
-    that can matter in float32 (`retrieval.screened`, needs `cand_emb`; same result, the index is not
-    searched); `auto` screens for an exact CPU index on a CPU with native bf16 at large shapes
-    (`SCREEN_MIN_WORK`, `SCREEN_MIN_DIM`), where it takes about half the CPU time, else uses faiss.
+    `method`: `faiss` as above; `torch` scans `cand_emb` once in float32 with the δ mask applied
+    inside the scan (no deepening passes); `screened` scores every candidate in bf16 and rescores the
+    few that can matter in float32 (`retrieval.screened`; exact, faster single-threaded on CPUs with
+    native bf16, not faster with two busy threads in our measurements). Both need `cand_emb` and give
+    the same result as faiss; the index is then not searched. `auto` picks `torch` for an exact CPU
+    index at large shapes (`TORCH_MIN_WORK`, `TORCH_MIN_DIM`), where FAISS's search + deepening took
+    1.3-1.5x its CPU time (benchmarks/candidate_pool.py), else `faiss`.
     """
     n, total = len(query_emb), index.ntotal
     if k < 1:
@@ -143,12 +146,17 @@ def search_below_positive(
     out = PoolResult(
         np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32), np.zeros(n, np.int64), pos_sim
     )
-    if resolve_method(method, index, cand_emb, n) == "screened":
+    how = resolve_method(method, index, cand_emb, n)
+    if how in ("torch", "screened"):
         if cand_emb is None:
-            raise ValueError("search method 'screened' needs cand_emb (the index's rows)")
-        ids, sims = screened_filtered_topk(cand_emb, q, pos_sim, pos_idx, k, stats=(st := ScreenStats()))
+            raise ValueError(f"search method {how!r} needs cand_emb (the index's rows)")
+        st = ScreenStats()
+        if how == "torch":
+            ids, sims = torch_filtered_topk(cand_emb, q, pos_sim, pos_idx, k, query_chunk=chunk)
+        else:
+            ids, sims = screened_filtered_topk(cand_emb, q, pos_sim, pos_idx, k, stats=st)
         _write_first_k(ids >= 0, ids, sims, np.arange(n), k, out)
-        out.method, out.n_exact = "screened", st.fallback
+        out.method, out.n_exact = how, st.fallback
         return out
     budget = chunk * max(max_depth, k + 16)  # result entries held at once
     for start in range(0, n, chunk):
@@ -183,14 +191,14 @@ def search_below_positive(
 
 def resolve_method(method: SearchMethod, index, cand_emb: np.ndarray | None, n_queries: int) -> str:
     """`faiss` or `screened` for this call (see `search_below_positive`)."""
-    if method not in ("auto", "faiss", "screened"):
-        raise ValueError(f"unknown search method {method!r}; expected auto, faiss or screened")
+    if method not in ("auto", "faiss", "torch", "screened"):
+        raise ValueError(f"unknown search method {method!r}; expected auto, faiss, torch or screened")
     if method != "auto":
         return method
     exact_cpu = isinstance(index, faiss.IndexFlat)  # GPU and approximate indexes are not IndexFlat
     dim = cand_emb.shape[1] if cand_emb is not None else 0
-    big = n_queries * index.ntotal * dim >= SCREEN_MIN_WORK and dim >= SCREEN_MIN_DIM
-    return "screened" if cand_emb is not None and exact_cpu and big and fast_bf16_matmul() else "faiss"
+    big = n_queries * index.ntotal * dim >= TORCH_MIN_WORK and dim >= TORCH_MIN_DIM
+    return "torch" if cand_emb is not None and exact_cpu and big else "faiss"
 
 
 def pool_frame(pair_ids: Sequence[str] | pl.Series, pos_idx: np.ndarray, res: PoolResult) -> pl.DataFrame:
