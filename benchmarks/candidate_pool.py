@@ -198,6 +198,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (a minute)")
     ap.add_argument("--smoke", action="store_true", help="one toy shape, exact methods only (the tests)")
     ap.add_argument("--headline-only", action="store_true", help="only the 10K x 100K shape at dim 3584")
+    ap.add_argument("--methods", nargs="+", help="only these methods (torch_chunked always runs: the baseline)")
     ap.add_argument("--no-approx", action="store_true", help="skip IVF / HNSW")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--mmeb-queries", type=int, default=662_000, help="for the extrapolated cost")
@@ -226,6 +227,9 @@ def main() -> int:
         grid = [(2_000, 20_000, 3584, ["default", "torch_chunked", *approx]),
                 (10_000, 100_000, 1536, exact), (10_000, 100_000, 3584, exact)]  # fmt: skip
         grid = grid[-1:] if args.headline_only else grid
+    if args.methods:
+        keep = {*args.methods, "torch_chunked"}
+        grid = [(nq, npool, dim, [m for m in ms if m in keep]) for nq, npool, dim, ms in grid]
     headline = grid[-1][:3]
     peak32 = measure_peak(torch.float32)
     peak16 = measure_peak(torch.bfloat16)
