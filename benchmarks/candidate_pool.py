@@ -22,7 +22,7 @@ as a fraction of the fp32 matmul peak measured in the same run. The exact method
 query may differ only by candidates within 1e-5 of its 50th score or of its δ (float32 sums in
 another order), checked in float64; otherwise the script exits 1.
 
-    .venv/bin/python benchmarks/candidate_pool.py            # ~5 min on 2 idle cores
+    .venv/bin/python benchmarks/candidate_pool.py            # ~7 min on 2 idle cores
     .venv/bin/python benchmarks/candidate_pool.py --quick    # small sizes, a smoke test (seconds)
 
 Ends with `RESULT candidate_pool: ratio X default vs chunked torch, CPU time, <shape>`.
@@ -101,9 +101,11 @@ def run_method(method: str, q: np.ndarray, c: np.ndarray, pos: np.ndarray) -> tu
 def worker(method: str, data: str, out: str, threads: int) -> None:
     import torch
 
-    import unime_assets.retrieval  # noqa: F401  (pins the OpenBLAS core, loads faiss before the baseline)
+    # unime_assets pins the OpenBLAS core before faiss loads (its bundled copy misdetects some CPUs)
+    from unime_assets.retrieval.faiss_index import faiss
 
     torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
     q = np.load(data + "/q.npy")
     c = np.load(data + "/c.npy", mmap_mode="r")  # as the asset reads candidate_embeddings.npy
     pos = np.load(data + "/pos.npy")

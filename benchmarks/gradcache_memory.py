@@ -10,6 +10,8 @@ many small GradCache chunks are not dominated by thread synchronisation on a sha
 Reported per configuration:
 
 - `peak`: the process's peak RSS during the second step;
+- `step GFLOP` and its fraction of the fp32 matmul peak (measured in the worker, one thread): 2 FLOPs
+  per weight per token forward, 4 backward, 2 more for GradCache's no-grad forward, on unpadded tokens;
 - `step`: that peak minus the RSS before the step, i.e. what the step itself allocates
   (activations, representations, gradients in flight). It needs the peak reset: without it VmHWM is
   the peak since start and `step` would be meaningless, so the script fails when a reset did not happen.
@@ -39,6 +41,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _status_kib(field: str) -> int:
@@ -98,17 +102,34 @@ def worker(home: Path, batch: int, chunk: int, k: int) -> dict:
         if step == 0:  # everything but the step itself is resident now
             marks["reset"] = _reset_peak()
             marks["before_kib"] = _status_kib("VmRSS")
-            marks["t0"] = time.perf_counter()
+            marks["t0"], marks["c0"] = time.perf_counter(), time.process_time()
         else:
             marks["peak_kib"] = _status_kib("VmHWM")
             marks["seconds"] = time.perf_counter() - marks["t0"]
+            marks["cpu_seconds"] = time.process_time() - marks["c0"]
 
     with tempfile.TemporaryDirectory() as out:
         train_embedder(settings.embedder_base.path, examples, settings.train_image_root, Path(out) / "ckpt",
                        cfg, gradcache_chunk=chunk, log=log)  # fmt: skip
     sequences = batch * (k + 2)
+    # FLOPs of the step: 2 per weight per token forward, twice that backward, plus GradCache's extra
+    # no-grad forward; tokens counted without padding (a lower bound), weights without the embeddings.
+    from peak import measure_peak
+
+    from unime_assets.models.encoding import ImageLoader, embed_inputs
+    from unime_assets.models.loading import load_model
+
+    lm = load_model(settings.embedder_base.path, role="embedder")
+    weights = sum(p.numel() for p in lm.model.parameters()) - lm.model.get_input_embeddings().weight.numel()
+    loader = ImageLoader(settings.train_image_root)
+    tokens = sum(int(embed_inputs([e.query, *e.candidates], lm.processor, loader, lm.image_token)["attention_mask"].sum())
+                 for e in examples)  # fmt: skip
+    flops = 2.0 * weights * tokens * (4 if chunk else 3)
+    peak = measure_peak(size=1024, k=1024)
     return {"batch": batch, "chunk": chunk, "sequences": sequences, "peak_mib": marks["peak_kib"] / 1024,
             "step_mib": (marks["peak_kib"] - marks["before_kib"]) / 1024, "step_seconds": marks["seconds"],
+            "step_cpu_seconds": marks["cpu_seconds"], "step_gflop": flops / 1e9,
+            "peak_fraction": flops / marks["cpu_seconds"] / peak.flops_per_cpu_s,
             "peak_reset": bool(marks["reset"]),
             "train": [marks["loss_0"], marks["grad_norm_0"], marks["loss_1"], marks["grad_norm_1"]]}  # fmt: skip
 
@@ -162,12 +183,13 @@ def main() -> int:
                 print(json.dumps(res), flush=True)
 
     print(f"\none embedder step, tiny Qwen2-VL, k={args.k} (each query: query + positive + k negatives), CPU")
-    print("| GradCache | batch | sequences | peak RSS MiB | step alloc MiB | step s |")
-    print("|---|---|---|---|---|---|")
+    print("| GradCache | batch | sequences | peak RSS MiB | step alloc MiB | step s | step CPU s | step GFLOP "
+          "| fp32 peak fraction (CPU) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         gc = f"chunk {r['chunk']}" if r["chunk"] else "off"
         print(f"| {gc} | {r['batch']} | {r['sequences']} | {r['peak_mib']:.0f} | {r['step_mib']:.0f} | "
-              f"{r['step_seconds']:.1f} |")  # fmt: skip
+              f"{r['step_seconds']:.1f} | {r['step_cpu_seconds']:.1f} | {r['step_gflop']:.1f} | {r['peak_fraction']:.3f} |")  # fmt: skip
     lo, hi = min(args.batches), max(args.batches)
     for chunk in (0, args.chunk):
         a = next(r for r in results if r["chunk"] == chunk and r["batch"] == lo)
