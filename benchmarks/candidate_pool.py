@@ -6,9 +6,11 @@ embeddings that resemble a retriever's (`benchmarks/pool_data.py` says what is a
 embedder's dimension 1536 (Qwen2-VL-2B) and the 7B retriever's 3584. Methods:
 
 - default: `search_below_positive(..., method="auto")` over an exact index, the asset's call; at these
-  shapes it picks `torch` (one float32 pass over the pool in blocks, δ mask inside, running top-k);
+  shapes it picks `screened` on a CPU with native bf16, else `torch` (one float32 pass over the pool in
+  blocks, δ mask inside, running top-k);
 - faiss_flat: the same call forced to `method="faiss"` (IndexFlatIP, search k + 16, deepen the short);
-- screened: the same call with `method="screened"` (bf16 screen + float32 rescoring, exact);
+- torch / screened: the same call with that method forced (`torch`: the float32 scan in blocks;
+  `screened`: bf16 screen + float32 rescoring, exact);
 - torch_chunked: the baseline a practitioner writes: q @ pool.T in float32 per 4096 queries, the
   δ mask, topk(50);
 - faiss_ivf / faiss_hnsw (`--approx`, on by default): approximate indexes through the same call,
@@ -93,7 +95,7 @@ def run_method(method: str, q: np.ndarray, c: np.ndarray, pos: np.ndarray) -> tu
     params = {"hnsw_m": 32, "ef_construction": 80, "ef_search": 128} if kind == "hnsw" else {}
     index = build_index(np.asarray(c), kind, use_gpu=False, **params)  # type: ignore[arg-type]
     build = time.perf_counter() - t0
-    how = {"default": "auto", "screened": "screened"}.get(method, "faiss")
+    how = {"default": "auto", "screened": "screened", "torch": "torch"}.get(method, "faiss")
     res = search_below_positive(index, q, c[pos], pos, k=K, chunk=CHUNK, cand_emb=c, method=how)
     return res.ids, build, res.method
 
@@ -219,7 +221,7 @@ def main() -> int:
     from peak import measure_peak
 
     torch.set_num_threads(args.threads)
-    exact = ["default", "faiss_flat", "torch_chunked", "screened"]
+    exact = ["default", "faiss_flat", "torch_chunked", "torch"]
     approx = [] if args.no_approx else ["faiss_ivf", "faiss_hnsw"]
     if args.smoke:
         grid = [(300, 2_000, 64, exact)]

@@ -123,13 +123,16 @@ def test_search_below_positive_screened_matches_faiss():
         search_below_positive(index, q, c[pos], pos, k=25, method="annoy")  # type: ignore[arg-type]
 
 
-def test_auto_scans_with_torch_only_exact_cpu_indexes_at_large_shapes(monkeypatch):
+def test_auto_scans_exact_cpu_indexes_in_torch_at_large_shapes(monkeypatch):
     import unime_assets.retrieval.search as search
 
     c = _unit(np.random.default_rng(0).standard_normal((100, 1024)))
     flat = make_index(c, use_gpu=False)
     monkeypatch.setattr(search, "TORCH_MIN_WORK", 100 * 1024 * 10)
+    monkeypatch.setattr(search, "fast_bf16_matmul", lambda: False)
     assert resolve_method("auto", flat, c, 10) == "torch"
+    monkeypatch.setattr(search, "fast_bf16_matmul", lambda: True)  # native bf16: the screened scan
+    assert resolve_method("auto", flat, c, 10) == "screened"
     assert resolve_method("auto", flat, c, 9) == "faiss"  # too little work
     assert resolve_method("auto", flat, None, 10) == "faiss"  # no rows to scan
     assert resolve_method("auto", faiss.IndexHNSWFlat(1024, 8), c, 10) == "faiss"  # approximate index

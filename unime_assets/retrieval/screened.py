@@ -3,8 +3,8 @@
 `torch_filtered_topk` is the plain scan (q @ pool.T per block, the δ mask, a running top-k).
 `screened_filtered_topk` gives the same result from a bf16 pass (twice the matmul rate of float32 on
 CPUs with AVX512-BF16 or AMX) plus float32 rescoring of the few candidates that can matter; measured
-(benchmarks/candidate_pool.py, 10K x 100K at dim 3584) it saved CPU time single-threaded but not with
-two busy threads, so it is an option, not the default.
+(benchmarks/candidate_pool.py, 10K x 100K at dim 3584, one thread) it takes 1/1.3 of the CPU time of
+a float32 matmul + topk, so `search_below_positive` uses it by default on such CPUs at large shapes.
 
 What makes the screen exact is a rigorous interval around every bf16 score. The query gets one extra
 coordinate -β (β = its δ rounded to bf16, the candidates a 1 there), so the kernel returns
@@ -31,8 +31,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from unime_assets.openblas import cpu_flags
+
 BF16_UNIT_ROUNDOFF = 2.0**-8
 F32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def fast_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 @dataclass
@@ -67,7 +74,7 @@ def _exact_scan(pool: torch.Tensor, q: torch.Tensor, below: torch.Tensor, exclud
 
 def torch_filtered_topk(
     cand_emb: np.ndarray, query_emb: np.ndarray, below: np.ndarray, exclude: np.ndarray, k: int,
-    *, query_chunk: int = 4096, cand_chunk: int = 16384,
+    *, query_chunk: int = 2048, cand_chunk: int = 65536,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Exact float32 top-k below δ in one pass over the pool (torch matmul, multi-threaded): the contract
     of `search.exact_filtered_topk`, memory query_chunk x cand_chunk whatever the pool size."""

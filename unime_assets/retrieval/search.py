@@ -17,12 +17,17 @@ import faiss
 import numpy as np
 import polars as pl
 
-from unime_assets.retrieval.screened import ScreenStats, screened_filtered_topk, torch_filtered_topk
+from unime_assets.retrieval.screened import (
+    ScreenStats,
+    fast_bf16_matmul,
+    screened_filtered_topk,
+    torch_filtered_topk,
+)
 
 # GPU FAISS answers at most k = 2048 per search; deeper searches take the exact numpy path.
 MAX_SEARCH_DEPTH = 2048
-# `method="auto"` scans with torch from this much work on (queries x pool x dim multiply-adds) and this
-# dimension on; below, FAISS is as fast or faster (measured with benchmarks/candidate_pool.py).
+# `method="auto"` scans in torch (bf16-screened where the CPU has native bf16) from this much work on
+# (queries x pool x dim multiply-adds) and this dimension on; below, FAISS is as fast or faster.
 TORCH_MIN_WORK = 10**11
 TORCH_MIN_DIM = 512
 
@@ -131,11 +136,12 @@ def search_below_positive(
 
     `method`: `faiss` as above; `torch` scans `cand_emb` once in float32 with the δ mask applied
     inside the scan (no deepening passes); `screened` scores every candidate in bf16 and rescores the
-    few that can matter in float32 (`retrieval.screened`; exact, faster single-threaded on CPUs with
-    native bf16, not faster with two busy threads in our measurements). Both need `cand_emb` and give
-    the same result as faiss; the index is then not searched. `auto` picks `torch` for an exact CPU
-    index at large shapes (`TORCH_MIN_WORK`, `TORCH_MIN_DIM`), where FAISS's search + deepening took
-    1.3-1.5x its CPU time (benchmarks/candidate_pool.py), else `faiss`.
+    few that can matter in float32 (`retrieval.screened`; exact). Both need `cand_emb` and give the
+    same result as faiss; the index is then not searched. `auto`, for an exact CPU index at large
+    shapes (`TORCH_MIN_WORK`, `TORCH_MIN_DIM`), picks `screened` on a CPU with native bf16 and `torch`
+    elsewhere, else `faiss` (GPU, IVF, HNSW, small shapes). Measured at 10K x 100K, dim 3584
+    (benchmarks/candidate_pool.py, README): screened 1.3x less CPU than a float32 matmul + topk, FAISS's
+    search + deepening 1.3x more.
     """
     n, total = len(query_emb), index.ntotal
     if k < 1:
@@ -190,7 +196,7 @@ def search_below_positive(
 
 
 def resolve_method(method: SearchMethod, index, cand_emb: np.ndarray | None, n_queries: int) -> str:
-    """`faiss` or `screened` for this call (see `search_below_positive`)."""
+    """`faiss`, `torch` or `screened` for this call (see `search_below_positive`)."""
     if method not in ("auto", "faiss", "torch", "screened"):
         raise ValueError(f"unknown search method {method!r}; expected auto, faiss, torch or screened")
     if method != "auto":
@@ -198,7 +204,9 @@ def resolve_method(method: SearchMethod, index, cand_emb: np.ndarray | None, n_q
     exact_cpu = isinstance(index, faiss.IndexFlat)  # GPU and approximate indexes are not IndexFlat
     dim = cand_emb.shape[1] if cand_emb is not None else 0
     big = n_queries * index.ntotal * dim >= TORCH_MIN_WORK and dim >= TORCH_MIN_DIM
-    return "torch" if cand_emb is not None and exact_cpu and big else "faiss"
+    if cand_emb is None or not exact_cpu or not big:
+        return "faiss"
+    return "screened" if fast_bf16_matmul() else "torch"
 
 
 def pool_frame(pair_ids: Sequence[str] | pl.Series, pos_idx: np.ndarray, res: PoolResult) -> pl.DataFrame:
