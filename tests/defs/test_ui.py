@@ -23,6 +23,7 @@ import pytest
 from test_definitions import CONTRACT, PARTITIONED  # the asset-key contract (tests/ is on sys.path)
 
 ROOT = Path(__file__).parents[2]
+JUDGE_SCORES, JUDGE_MODEL = "judge_scores/qwen25vl", "judge_model/qwen25vl"  # the demo's judge (one asset per judge)
 ARTIFACTS = Path(os.environ.get("UNIME_ARTIFACTS_DIR", ROOT / "ci-artifacts"))
 
 ASSET_GRAPH_QUERY = """
@@ -215,7 +216,7 @@ def mlflow_server(materialized, tmp_path_factory):
 
 
 def _latest_entries(base: str, asset: str) -> tuple[dict, dict[str, dict]]:
-    node = graphql(base, METADATA_QUERY, {"key": {"path": [asset]}})["assetNodeOrError"]
+    node = graphql(base, METADATA_QUERY, {"key": {"path": asset.split("/")}})["assetNodeOrError"]
     event = node["assetMaterializations"][0]
     return event, {e["label"]: e for e in event["metadataEntries"]}
 
@@ -233,7 +234,7 @@ def _fetch(url: str) -> tuple[int, str, bytes]:
 @pytest.mark.slow
 def test_asset_pages_show_rounded_numbers_tables_inline_plots_and_described_columns(webserver, mlflow_server):
     base = webserver["base"]
-    for asset in ("judge_scores", "mined_negatives", "candidate_pool", "judge_model", "embedder_checkpoint",
+    for asset in (JUDGE_SCORES, "mined_negatives", "candidate_pool", JUDGE_MODEL, "embedder_checkpoint",
                   "mmeb_report"):  # fmt: skip
         _, entries = _latest_entries(base, asset)
         floats = {k: e["floatValue"] for k, e in entries.items() if e["__typename"] == "FloatMetadataEntry"}
@@ -249,7 +250,7 @@ def test_asset_pages_show_rounded_numbers_tables_inline_plots_and_described_colu
                 status, ctype, body = _fetch(src)
                 assert status == 200 and ctype.startswith("image/png") and body[:4] == b"\x89PNG", (asset, key)
                 assert entries[f"{key}_mlflow"]["__typename"] == "UrlMetadataEntry", (asset, key)
-    _, judge = _latest_entries(base, "judge_scores")
+    _, judge = _latest_entries(base, JUDGE_SCORES)
     assert {"histogram", "histogram_mlflow", "auc_pos_vs_candidates", "pairs"} <= set(judge)
     _, report = _latest_entries(base, "mmeb_report")
     table = report["aggregates"]["table"]
@@ -287,7 +288,7 @@ def test_mlflow_run_links_back_to_its_dagster_run(webserver, mlflow_server, mate
     exp = client.get_experiment_by_name("unime-v2")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the classic tracking view
     assert "Dagster" in exp.tags["mlflow.note.content"]
-    event, judge = _latest_entries(webserver["base"], "judge_scores")
+    event, judge = _latest_entries(webserver["base"], JUDGE_SCORES)
     run = client.get_run(judge["mlflow_run_id"]["text"])
     link = run.data.tags["dagster.run_url"]
     assert link == f"{webserver['base']}/runs/{event['runId']}"
@@ -309,10 +310,10 @@ def test_mlflow_run_links_back_to_its_dagster_run(webserver, mlflow_server, mate
 def test_screenshots_of_the_pages_an_operator_reads(webserver, mlflow_server, tmp_path):
     base = webserver["base"]
     profile = tmp_path / "chromium-profile"
-    for asset in ("judge_scores", "mmeb_report"):
-        _screenshot(f"{base}/assets/{asset}", f"asset-{asset}", profile, size="2200,2600")
+    for asset in (JUDGE_SCORES, "mmeb_report"):
+        _screenshot(f"{base}/assets/{asset}", f"asset-{asset.split('/')[0]}", profile, size="2200,2600")
     _screenshot(f"{base}/runs", "runs", profile, size="1600,1400")
-    _, judge = _latest_entries(base, "judge_scores")
+    _, judge = _latest_entries(base, JUDGE_SCORES)
     link = judge["mlflow_run"]["url"]  # what the asset page links to: the run in MLflow's classic view
     assert link.startswith(mlflow_server) and link.endswith("?workflowType=machine_learning")
     _screenshot(link, "mlflow-run", profile, size="1600,1300")
