@@ -43,6 +43,7 @@ COLUMNS: dict[str, str] = {
     "neg_cand_ids": "the k mined negatives (cand_ids), in sampling order",
     "neg_scores": "judge scores of the mined negatives (1.0 for random fallback negatives)",
     "strategy": "mining rule that chose the negatives",
+    "judge": "whose scores the negatives were mined from: a judge's name or 'ensemble' (mining.judge)",
     "fallback": "true when no candidate survived the filter and random negatives were drawn",
     "n_survivors": "candidates left after the strategy's false-negative filter (null for imported score files)",
     "n_filtered": "candidates the filter dropped as likely false negatives (null for imported score files)",
@@ -55,6 +56,9 @@ COLUMNS: dict[str, str] = {
 }
 ASSET_COLUMNS: dict[str, dict[str, str]] = {
     "training_set": {"pos_score": "judge score of (query, positive) from judge_scores or the score file"},
+    "mined_negatives": {"pos_score": "score of (query, positive) from the same judge (or ensemble) as neg_scores"},
+    "judge_ensemble": {"pos_score": "the judges' scores of (query, positive) combined by ensemble.rule",
+                       "cand_scores": "the judges' scores of each (query, candidate) combined by ensemble.rule"},
 }
 
 
