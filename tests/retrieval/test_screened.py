@@ -6,6 +6,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
+from vectors import unit
 
 from unime_assets.retrieval import exact_filtered_topk, make_index, search_below_positive
 from unime_assets.retrieval.screened import (
@@ -18,10 +19,6 @@ from unime_assets.retrieval.screened import (
 from unime_assets.retrieval.search import resolve_method
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def _clustered(n_pool: int, n_q: int, dim: int, seed: int = 0):
     """Tight clusters with near-duplicates and exact duplicates: many candidates within bf16 error of each other."""
     rng = np.random.default_rng(seed)
@@ -29,9 +26,9 @@ def _clustered(n_pool: int, n_q: int, dim: int, seed: int = 0):
     c = centers[rng.integers(0, len(centers), n_pool)] + 0.3 * rng.standard_normal((n_pool, dim))
     c[::17] = c[1::17][: len(c[::17])] + 1e-4 * rng.standard_normal((len(c[::17]), dim))  # near-duplicates
     c[5::41] = c[6::41][: len(c[5::41])]  # exact duplicates (distinct rows, same vector)
-    c = _unit(c)
+    c = unit(c)
     pos = rng.integers(0, n_pool, n_q)
-    q = _unit(c[pos] + 0.4 * rng.standard_normal((n_q, dim)))
+    q = unit(c[pos] + 0.4 * rng.standard_normal((n_q, dim)))
     return q, c, pos
 
 
@@ -80,8 +77,8 @@ def test_a_full_kept_list_falls_back_to_the_exact_scan():
 
 
 def test_queries_with_few_valid_candidates_are_padded():
-    c = _unit(np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.1]]))
-    q = _unit(np.array([[1.0, 0.05]]))
+    c = unit(np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.1]]))
+    q = unit(np.array([[1.0, 0.05]]))
     # similarities 0.999 (own row), 0.05, 0.74, -0.99: below δ = 0.75 are rows 2, 1, 3, then nothing
     ids, sims = screened_filtered_topk(c, q, np.array([0.75], np.float32), np.array([0]), 4)
     assert ids[0].tolist() == [2, 1, 3, -1] and np.isneginf(sims[0, 3])
@@ -126,7 +123,7 @@ def test_search_below_positive_screened_matches_faiss():
 def test_auto_scans_exact_cpu_indexes_in_torch_at_large_shapes(monkeypatch):
     import unime_assets.retrieval.search as search
 
-    c = _unit(np.random.default_rng(0).standard_normal((100, 1024)))
+    c = unit(np.random.default_rng(0).standard_normal((100, 1024)))
     flat = make_index(c, use_gpu=False)
     monkeypatch.setattr(search, "TORCH_MIN_WORK", 100 * 1024 * 10)
     monkeypatch.setattr(search, "fast_bf16_matmul", lambda: False)

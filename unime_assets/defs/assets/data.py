@@ -19,14 +19,18 @@ from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.fingerprints import files_stat_fingerprint
 
 
+def _partition(context: dg.AssetExecutionContext, settings: SettingsResource, kind: str):
+    """(settings, subset, its catalog metadata) for this run's partition, refused if the profile lacks it."""
+    s = settings.get()
+    check_partition(s, context.partition_key, kind)
+    return s, context.partition_key, partition_metadata(s, context.partition_key, kind)
+
+
 @dg.asset(group_name="data", kinds={"polars", "parquet"}, partitions_def=train_partitions,
           description="Training pairs of one MMEB-train subset (pair_id = stable row hash), capped at "
           "max_per_subset rows like VLM2Vec's num_sample_per_subset.")  # fmt: skip
 def mmeb_train(context: dg.AssetExecutionContext, settings: SettingsResource, mlflow: MlflowResource):
-    s = settings.get()
-    subset = context.partition_key
-    check_partition(s, subset, "train")
-    info = partition_metadata(s, subset, "train")
+    s, subset, info = _partition(context, settings, "train")
     v = s.validation
     raw = load_train(s.train_root, [subset], split=s.train_split, max_per_subset=s.max_per_subset, provenance=True,
                      dedup=False)  # fmt: skip
@@ -51,10 +55,7 @@ def mmeb_train(context: dg.AssetExecutionContext, settings: SettingsResource, ml
 @dg.asset(group_name="data", kinds={"polars", "parquet"}, partitions_def=eval_partitions,
           description="Evaluation rows of one MMEB-eval subset; candidate 0 is the ground truth.")  # fmt: skip
 def mmeb_eval(context: dg.AssetExecutionContext, settings: SettingsResource, mlflow: MlflowResource):
-    s = settings.get()
-    subset = context.partition_key
-    check_partition(s, subset, "eval")
-    info = partition_metadata(s, subset, "eval")
+    s, subset, info = _partition(context, settings, "eval")
     v = s.validation
     res = validate_eval(load_eval(s.eval_root, [subset], strict=False, provenance=True), s.eval_image_root,
                         policy=v.eval_policy, check_images=v.check_images, max_text_chars=v.max_text_chars)  # fmt: skip

@@ -216,12 +216,16 @@ def _train_and_register(context: dg.AssetExecutionContext, task: str, training_s
     }))  # fmt: skip
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, pool="gpu",
-          description="UniME-V2 embedder: symmetric KL between softmax(cos/τ) and softmax(judge/τ) over "
-          "the positive and k mined negatives; last-token pooling; GradCache; torchrun/deepspeed launch "
-          "through Dagster Pipes, DeepSpeed ZeRO, resumable checkpoints; registered in MLflow.")  # fmt: skip
-def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame,
-                        settings: SettingsResource,
+EMBEDDER_DOC = ("UniME-V2 embedder: symmetric KL between softmax(cos/τ) and softmax(judge/τ) over the positive "
+                "and k mined negatives; last-token pooling; GradCache; torchrun/deepspeed launch through Dagster "
+                "Pipes, DeepSpeed ZeRO, resumable checkpoints; registered in MLflow.")  # fmt: skip
+RERANKER_DOC = ("UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT, loss on assistant tokens only, "
+                "query and candidate texts included, positive slot uniform; same launcher as the embedder.")  # fmt: skip
+TRAINING_KINDS = {"pytorch", "deepspeed", "mlflow"}
+
+
+@dg.asset(group_name="training", kinds=TRAINING_KINDS, pool="gpu", description=EMBEDDER_DOC)
+def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame, settings: SettingsResource,
                         mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.models.loading import check_checkpoint_dir
     from unime_assets.models.processors import text_config
@@ -239,13 +243,9 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
     )  # fmt: skip
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, deps=[judge_key("judge_model", JUDGES[0])],
-          pool="gpu",
-          description="UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT, loss on assistant "
-          "tokens only, query and candidate texts included, positive slot uniform; same launcher as the "
-          "embedder.")  # fmt: skip
-def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame,
-                        settings: SettingsResource,
+@dg.asset(group_name="training", kinds=TRAINING_KINDS, pool="gpu", description=RERANKER_DOC,
+          deps=[judge_key("judge_model", JUDGES[0])])  # the reranker starts from the (first) judge
+def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame, settings: SettingsResource,
                         mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.models.loading import check_checkpoint_dir
 
