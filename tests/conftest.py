@@ -65,8 +65,11 @@ def materialized(tmp_path_factory, embedded_home) -> dict:
     raw["artifacts_root"] = str(root / "assets")
     (root / "settings.yaml").write_text(yaml.safe_dump(raw))
     (root / "dg").mkdir()
+    # The UIs the materializations link to (MLflow run descriptions -> Dagster, Dagster plots -> MLflow):
+    # free ports now, where tests/defs/test_ui.py serves both later.
     env = {**os.environ, "UNIME_HOME": str(root / "home"), "UNIME_SETTINGS": str(root / "settings.yaml"),
-           "DAGSTER_HOME": str(root / "dg"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}  # fmt: skip
+           "DAGSTER_HOME": str(root / "dg"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "DAGSTER_UI_URL": f"http://127.0.0.1:{free_port()}", "MLFLOW_UI_URL": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
     cmd = [sys.executable, "-m", "unime_assets.cli", "materialize", "--train", ",".join(E2E_TRAIN),
            "--eval", ",".join(E2E_EVAL)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
@@ -76,3 +79,11 @@ def materialized(tmp_path_factory, embedded_home) -> dict:
 
 
 E2E_TRAIN, E2E_EVAL = ["SynColor", "SynCaps_t2i"], ["SynColor", "SynHue", "SynCaps_i2t"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

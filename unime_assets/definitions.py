@@ -12,6 +12,9 @@ from unime_assets.defs.assets import ablation, data, evaluation, judges, mining,
 from unime_assets.defs.automation import with_automation
 from unime_assets.defs.io_managers import PolarsParquetIOManager
 from unime_assets.defs.resources import MlflowResource, SettingsResource, mlflow_run_follows_step
+from unime_assets.quiet import install as quiet_logs
+
+quiet_logs()  # every Dagster process (webserver, daemon, run worker) loads this module before a step runs
 
 
 def _executor() -> dg.ExecutorDefinition:

@@ -12,6 +12,12 @@ import pytest
 import yaml
 from PIL import Image
 
+# The code location's first judge (one asset per judge: judge_scores/<name>).
+from unime_assets.defs.partitions import JUDGES  # noqa: E402
+
+JUDGE = JUDGES[0]
+JUDGE_SCORES, JUDGE_NODE = dg.AssetKey(["judge_scores", JUDGE]), f"judge_scores__{JUDGE}"
+
 
 def _replace(path) -> None:
     """New content at the same path (another picture, same format)."""
@@ -68,15 +74,15 @@ def test_replaced_train_image_is_judged_again(chain):
         _run(resources, instance, ["mmeb_train"], "SynColor")
         _run(resources, instance, ["candidate_index"])
         _run(resources, instance, ["candidate_pool"], "SynColor")
-        first = _meta(_run(resources, instance, ["judge_scores"], "SynColor"), "judge_scores")
-        again = _meta(_run(resources, instance, ["judge_scores"], "SynColor"), "judge_scores")
+        first = _meta(_run(resources, instance, [JUDGE_SCORES], "SynColor"), JUDGE_NODE)
+        again = _meta(_run(resources, instance, [JUDGE_SCORES], "SynColor"), JUDGE_NODE)
         assert first["shards_scored"] >= 1 and again["shards_scored"] == 0  # unchanged: every shard reused
-        before = pl.read_parquet(root / "tables" / "judge_scores" / "SynColor.parquet")
+        before = pl.read_parquet(root / "tables" / "judge_scores" / JUDGE / "SynColor.parquet")
         train = pl.read_parquet(root / "tables" / "mmeb_train" / "SynColor.parquet")
         row = train.filter(pl.col("qry_image_path") != "").row(0, named=True)
         _replace(root / "train" / row["qry_image_path"])
-        after_meta = _meta(_run(resources, instance, ["judge_scores"], "SynColor"), "judge_scores")
-    after = pl.read_parquet(root / "tables" / "judge_scores" / "SynColor.parquet")
+        after_meta = _meta(_run(resources, instance, [JUDGE_SCORES], "SynColor"), JUDGE_NODE)
+    after = pl.read_parquet(root / "tables" / "judge_scores" / JUDGE / "SynColor.parquet")
     assert after_meta["shards_scored"] >= 1  # the shard showing the image is scored again, not reused
     changed = before.join(after, on="pair_id").filter(pl.col("pos_score") != pl.col("pos_score_right"))
     assert row["pair_id"] in changed["pair_id"].to_list()

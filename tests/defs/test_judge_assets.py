@@ -102,7 +102,9 @@ def test_the_ensemble_combines_per_pair_and_reports_agreement(env):
         assert meta["judges"].value == "qwen25vl,internvl3" and meta["rule"].value == "mean_prob"
         for key in ("per_judge", "pairwise", "scatter"):
             assert key in meta, key
-        assert "| qwen25vl | internvl3 |" in meta["pairwise"].value and "data:image/png;base64" in meta["scatter"].value
+        pair = meta["pairwise"].value.records[0].data
+        assert (pair["judge a"], pair["judge b"]) == ("qwen25vl", "internvl3")
+        assert meta["scatter"].value.startswith("![") and "scatter.png" in meta["scatter_mlflow"].value
         assert -1 <= meta["spearman"].value <= 1 and -1 <= meta["kendall"].value <= 1
         assert 0 <= meta["fn_filter_disagreement"].value <= 1
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}

@@ -27,6 +27,18 @@ def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, set
     cli = [sys.executable, "-m", "unime_assets.cli"]
     summary = subprocess.run([*cli, "summary"], env=env, capture_output=True, text=True, timeout=300)
     assert summary.returncode == 0, summary.stdout + summary.stderr
+    out = summary.stdout
+    # per-stage timing by job, judge and mining quality over both partitions, the MMEB table in report order,
+    # the registered versions with their aliases
+    for job in ("ingest_train", "ingest_eval", "models", "index", "mine", "train", "evaluate"):
+        assert f"\n  {job} " in out, (job, out)
+    assert "all 2 partitions" in out and "worst partition: " in out
+    mmeb = out[out.index("MMEB-format Precision@1"):]
+    assert mmeb.index("retriever") < mmeb.index("embedder (untrained base)") < mmeb.index("embedder + reranker")
+    assert "classification" in mmeb and "overall" in mmeb
+    registry = out[out.index("registered model"):]
+    for name in ("unime-v2-embedder", "unime-v2-reranker"):
+        assert f"\n  {name}  " in registry and "candidate" in registry, out
 
     with dg.DagsterInstance.from_config(str(tmp_path / "dg")) as instance:
         for name in KEYS:

@@ -64,7 +64,10 @@ def _run_tags(stage: str, max_runtime_hours: float) -> dict[str, str]:
 # --- jobs ---------------------------------------------------------------------------------------
 
 INGEST_SELECTION = dg.AssetSelection.assets("mmeb_train")
-# judge_scores/<name>: one asset per judge of the profile, all partitioned like the rest of the chain
+INGEST_EVAL_SELECTION = dg.AssetSelection.assets("mmeb_eval")
+# judge_model/<name>, judge_scores/<name>: one asset per judge of the profile
+MODELS_SELECTION = dg.AssetSelection.assets("pretrained_base", "retriever_model") | dg.AssetSelection.key_prefixes(["judge_model"])
+INDEX_SELECTION = dg.AssetSelection.assets("candidate_index")
 MINING_SELECTION = dg.AssetSelection.assets("candidate_pool", "judge_ensemble", "mined_negatives") | (
     dg.AssetSelection.key_prefixes(["judge_scores"])
 )
@@ -72,31 +75,38 @@ TRAIN_SELECTION = dg.AssetSelection.assets("training_set", "embedder_checkpoint"
 EVALUATION_SELECTION = dg.AssetSelection.groups("evaluation")
 AUTOMATED_SELECTION = dg.AssetSelection.assets("candidate_index") | MINING_SELECTION
 
-ingest_train_job = dg.define_asset_job(
-    "ingest_train", selection=INGEST_SELECTION, tags=_run_tags("ingest", 2),
-    description="Read one MMEB-train subset (partition) from its source files.",
-)  # fmt: skip
-mine_job = dg.define_asset_job(
-    "mine", selection=MINING_SELECTION, tags=_run_tags("mine", 24), op_retry_policy=STEP_RETRY,
-    description="Stages 1-3 for one train subset: candidate pool, every judge's scores, their ensemble, mined "
-    "negatives. Needs a "
-    "current candidate_index; backfill chosen partitions from the UI or `dagster job backfill -j mine`.",
-)  # fmt: skip
-train_job = dg.define_asset_job(
-    "train", selection=TRAIN_SELECTION, tags=_run_tags("train", 72),
-    description="Stages 4-5: training set from the mined partitions, embedder and reranker (gpu pool); "
-    "registers new versions with alias `candidate`.",
-)  # fmt: skip
-evaluate_job = dg.define_asset_job(
-    "evaluate", selection=EVALUATION_SELECTION, tags=_run_tags("evaluate", 12),
-    description="Stage 6: MMEB evaluation and report. Launched by `evaluate_new_embedder` per registered version.",
-)  # fmt: skip
-ablation_job = dg.define_asset_job(
-    "ablation", selection=dg.AssetSelection.assets("ablation_run"), tags=_run_tags("ablation", 6),
-    description="The ablation's runs, one per (variant, seed) partition: backfill them (the UI, or "
-    "`unime-assets ablate`, which also materializes what they need and `ablation_report`).",
-)  # fmt: skip
-JOBS = [ingest_train_job, mine_job, train_job, evaluate_job, ablation_job]
+def _job(name: str, selection: dg.AssetSelection, stage: str, max_hours: float, description: str,
+         **kwargs) -> dg.UnresolvedAssetJobDefinition:  # fmt: skip
+    return dg.define_asset_job(name, selection=selection, tags=_run_tags(stage, max_hours),
+                               description=description, **kwargs)  # fmt: skip
+
+
+ingest_train_job = _job("ingest_train", INGEST_SELECTION, "ingest", 2,
+                        "Read one MMEB-train subset (partition) from its source files.")  # fmt: skip
+ingest_eval_job = _job("ingest_eval", INGEST_EVAL_SELECTION, "ingest", 2,
+                       "Read one MMEB-eval subset (partition) from its source files.")  # fmt: skip
+models_job = _job("models", MODELS_SELECTION, "models", 24,
+                  "The retriever (stage 1) and the judges (stage 2): configured checkpoints validated, or on the "
+                  "embedded default tiny models bootstrapped; each judge's held-out AUC.")  # fmt: skip
+index_job = _job("index", INDEX_SELECTION, "index", 24,
+                 "Stage 1: the global candidate index over every materialized train subset (rebuilt before "
+                 "`mine` whenever a subset was added or re-read).")  # fmt: skip
+mine_job = _job("mine", MINING_SELECTION, "mine", 24,
+                "Stages 1-3 for one train subset: candidate pool, every judge's scores, their ensemble, mined "
+                "negatives. Needs a "
+                "current candidate_index; backfill chosen partitions from the UI or `dagster job backfill -j mine`.",
+                op_retry_policy=STEP_RETRY)  # fmt: skip
+train_job = _job("train", TRAIN_SELECTION, "train", 72,
+                 "Stages 4-5: training set from the mined partitions, embedder and reranker (gpu pool); "
+                 "registers new versions with alias `candidate`.")  # fmt: skip
+evaluate_job = _job("evaluate", EVALUATION_SELECTION, "evaluate", 12,
+                    "Stage 6: MMEB evaluation and report. Launched by `evaluate_new_embedder` per registered version.")  # fmt: skip
+ablation_job = _job("ablation", dg.AssetSelection.assets("ablation_run"), "ablation", 6,
+                    "The ablation's runs, one per (variant, seed) partition: backfill them (the UI, or "
+                    "`unime-assets ablate`, which also materializes what they need and `ablation_report`).")  # fmt: skip
+# In graph order: `unime-assets materialize` runs them one after the other (cli.py STAGES); the ablation
+# job is not part of the demo graph's stages (`unime-assets ablate` runs it).
+JOBS = [ingest_train_job, ingest_eval_job, models_job, index_job, mine_job, train_job, evaluate_job, ablation_job]
 
 
 def _default_status() -> tuple[dg.DefaultScheduleStatus, dg.DefaultSensorStatus]:

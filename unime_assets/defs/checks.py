@@ -8,13 +8,14 @@ from unime_assets.defs.assets.data import mmeb_eval, mmeb_train
 from unime_assets.defs.assets.evaluation import mmeb_report
 from unime_assets.defs.assets.judges import judge_ensemble
 from unime_assets.defs.assets.mining import candidate_pool, mined_negatives
+from unime_assets.defs.metadata import readable
 from unime_assets.defs.partitions import JUDGES, judge_key
 from unime_assets.defs.resources import SettingsResource
 
 
 def _result(bad: int, total: int, what: str, **meta) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        passed=bad == 0, metadata={"violations": bad, "rows": total, "rule": what, **meta}
+        passed=bad == 0, metadata=readable({"violations": bad, "rows": total, "rule": what, **meta})
     )
 
 

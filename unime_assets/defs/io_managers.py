@@ -16,6 +16,7 @@ import polars as pl
 
 from unime_assets.config import unime_home
 from unime_assets.data.validation import ValidationResult, write_validated
+from unime_assets.defs.metadata import column_schema
 from unime_assets.io import write_parquet
 
 
@@ -52,9 +53,7 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
             {
                 "path": dg.MetadataValue.path(str(path)),
                 "dagster/row_count": obj.height,
-                "dagster/column_schema": dg.TableSchema(
-                    columns=[dg.TableColumn(name, str(dtype)) for name, dtype in obj.schema.items()]
-                ),
+                "dagster/column_schema": column_schema(context.asset_key.to_user_string(), obj.schema),
             }
         )
 

@@ -16,6 +16,7 @@ from unime_assets.judging.engines import JudgeEngine, engine_id, make_engine
 from unime_assets.judging.prompt import PAIRWISE_PROMPT, PROMPT_VERSION
 from unime_assets.models.encoding import Item
 from unime_assets.models.processors import model_type
+from unime_assets.quiet import bar_disabled
 
 
 def pool_groups(train, candidates, pool) -> tuple[list[str], list[tuple[Item, list[Item]]]]:
@@ -93,7 +94,7 @@ def score_candidate_pool(
     done = 0
     parts: list[pl.DataFrame] = []
     used: list[Path] = []
-    for index, (lo, hi) in enumerate(tqdm(bounds, desc="judge shards", disable=not progress, leave=False)):
+    for index, (lo, hi) in enumerate(tqdm(bounds, desc="judge shards", disable=bar_disabled(progress), leave=False)):
         ids, grp = pair_ids[lo:hi], groups[lo:hi]
         n_cands = [len(c) - 1 for _, c in grp]
         path = (

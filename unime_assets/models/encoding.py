@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from unime_assets.quiet import bar_disabled
+
 MMEB_IMAGE_PLACEHOLDER = "<|image_1|>"
 
 
@@ -120,7 +122,7 @@ def encode_items(
     device = next(model.parameters()).device
     order = sorted(range(len(items)), key=lambda i: _length_key(items[i]))
     out: np.ndarray | None = None
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=bar_disabled(progress), leave=False):
         idx = order[start : start + batch_size]
         inputs = embed_inputs([items[i] for i in idx], processor, images, image_token).to(device)
         emb = forward_embeddings(model, inputs).cpu().numpy()

@@ -6,14 +6,20 @@ for asset metadata and MLflow artifacts). Below every method package: it imports
 """
 
 from unime_assets.tracking.mlflow_runs import (
+    CLASSIC_VIEW,
     RunHandle,
+    artifact_url,
     close_runs,
     dagster_tags,
+    describe_model,
+    describe_version,
     ensure_experiment,
     run_url,
     set_alias,
     start_run,
     tag_version,
+    version_description,
 )
 
-__all__ = ["RunHandle", "close_runs", "dagster_tags", "ensure_experiment", "run_url", "set_alias", "start_run", "tag_version"]
+__all__ = ["CLASSIC_VIEW", "RunHandle", "artifact_url", "close_runs", "dagster_tags", "describe_model", "describe_version",
+           "ensure_experiment", "run_url", "set_alias", "start_run", "tag_version", "version_description"]  # fmt: skip

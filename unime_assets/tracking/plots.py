@@ -1,9 +1,7 @@
-"""Small matplotlib figures for Dagster metadata (inline markdown images) and MLflow (log_figure)."""
+"""Small matplotlib figures, logged to MLflow (RunHandle.log_figure) and shown from there in Dagster."""
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -12,12 +10,6 @@ matplotlib.use("Agg")  # headless: assets run in worker processes without a disp
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-
-
-def to_markdown(fig: Figure, alt: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
 
 def loss_curve(losses: Sequence[float], title: str) -> Figure:

@@ -298,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from unime_assets.quiet import install
+
+    install()  # each rank imports DeepSpeed again: the same understood messages, dropped the same way
     spec = TrainSpec.read(args.spec)
     rank = int(os.environ.get("RANK", "0"))
     with _pipes(rank) as pipes:

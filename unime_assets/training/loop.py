@@ -35,6 +35,7 @@ from unime_assets.fingerprints import hash_fields
 from unime_assets.io import atomic_dir, atomic_path
 from unime_assets.models.encoding import ImageLoader
 from unime_assets.models.loading import load_model
+from unime_assets.quiet import bar_disabled
 from unime_assets.training import resume_states
 from unime_assets.training.engine import (
     EngineConfig,
@@ -212,7 +213,7 @@ def run_steps(
     for _ in range(start * cfg.grad_accum):  # replay the seeded order up to the resume point
         next(batches)
     fail_after = int(os.environ.get(FAIL_AFTER_STEP_ENV) or 0)
-    bar = tqdm(range(start, cfg.total_steps), desc=desc, leave=False, disable=me != 0)
+    bar = tqdm(range(start, cfg.total_steps), desc=desc, leave=False, disable=bar_disabled(me == 0))
     for step in bar:
         torch.manual_seed(_step_seed(seed, step))
         step_loss, metrics = 0.0, {}

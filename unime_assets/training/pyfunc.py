@@ -26,6 +26,10 @@ def _frame(model_input) -> pd.DataFrame:
 class UnimeModel(mlflow.pyfunc.PythonModel):
     """The embedder or the reranker (`model_config["task"]`), loaded from the `checkpoint` artifact."""
 
+    # Inputs and outputs are declared by the signature logged with the model; this MLflow class flag skips its
+    # type-hint wrapper of predict() (a pass-through without hints) and the warning asking for hints.
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         from unime_assets.models.loading import load_model
 

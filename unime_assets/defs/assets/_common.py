@@ -1,6 +1,8 @@
-"""Small helpers shared by the asset modules (metadata, lineage lookups, markdown tables)."""
+"""Small helpers shared by the asset modules (run metadata, lineage lookups, step logging); formatting
+metadata for the UI is in defs/metadata.py."""
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 
 import dagster as dg
@@ -14,15 +16,6 @@ def run_metadata(run: RunHandle) -> dict[str, dg.MetadataValue]:
     return {"mlflow_run_id": dg.MetadataValue.text(run.run_id), "mlflow_run": dg.MetadataValue.url(run.url)}
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    def fmt(v: object) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def upstream_run_ids(context: dg.AssetExecutionContext, names: Sequence[str]) -> dict[str, str]:
     """Dagster run id of the latest materialization of each upstream asset (`name` or `prefix/name`),
     for lineage params/tags."""
@@ -33,13 +26,21 @@ def upstream_run_ids(context: dg.AssetExecutionContext, names: Sequence[str]) ->
     return out
 
 
-def step_logger(context: dg.AssetExecutionContext, run: RunHandle, every: int = 10):
-    """Per-step metrics to MLflow, and a line to the Dagster log every `every` steps."""
+def step_logger(context: dg.AssetExecutionContext, run: RunHandle, total: int):
+    """Per-step metrics to MLflow, and about ten lines to the Dagster log: step of total, metrics, ETA."""
+    every = max(1, total // 10)
+    first: dict[str, float] = {}  # the first step this process runs (later than 0 after a resume), its time
 
     def log(step: int, metrics: dict[str, float]) -> None:
         run.log_metrics(metrics, step=step)
-        if step % every == 0:
-            context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        first.setdefault("step", step)
+        first.setdefault("t", time.monotonic())
+        done = step + 1
+        if step % every == 0 or done == total:
+            ran = done - first["step"]
+            eta = (time.monotonic() - first["t"]) / ran * (total - done)
+            context.log.info(f"step {done}/{total}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                             + f" (ETA {eta:.0f}s)")  # fmt: skip
 
     return log
 

@@ -8,6 +8,7 @@ from unime_assets.data.validation import ValidationResult, validate_eval, valida
 from unime_assets.defs.assets._common import run_metadata
 from unime_assets.defs.automation import source_files
 from unime_assets.defs.io_managers import ValidatedTable
+from unime_assets.defs.metadata import readable
 from unime_assets.defs.partitions import (
     check_partition,
     eval_partitions,
@@ -18,14 +19,18 @@ from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.fingerprints import files_stat_fingerprint
 
 
+def _partition(context: dg.AssetExecutionContext, settings: SettingsResource, kind: str):
+    """(settings, subset, its catalog metadata) for this run's partition, refused if the profile lacks it."""
+    s = settings.get()
+    check_partition(s, context.partition_key, kind)
+    return s, context.partition_key, partition_metadata(s, context.partition_key, kind)
+
+
 @dg.asset(group_name="data", kinds={"polars", "parquet"}, partitions_def=train_partitions,
           description="Training pairs of one MMEB-train subset (pair_id = stable row hash), capped at "
           "max_per_subset rows like VLM2Vec's num_sample_per_subset.")  # fmt: skip
 def mmeb_train(context: dg.AssetExecutionContext, settings: SettingsResource, mlflow: MlflowResource):
-    s = settings.get()
-    subset = context.partition_key
-    check_partition(s, subset, "train")
-    info = partition_metadata(s, subset, "train")
+    s, subset, info = _partition(context, settings, "train")
     v = s.validation
     raw = load_train(s.train_root, [subset], split=s.train_split, max_per_subset=s.max_per_subset, provenance=True,
                      dedup=False)  # fmt: skip
@@ -43,17 +48,14 @@ def mmeb_train(context: dg.AssetExecutionContext, settings: SettingsResource, ml
     context.log.info(f"{subset}: {df.height} training pairs, {res.counts.get('quarantined', 0)} quarantined")
     # What the nightly schedule compares to notice changed source files (defs/automation.py).
     fingerprint = files_stat_fingerprint(source_files(s.train_root, subset, s.train_split))
-    return dg.Output(ValidatedTable(res, quarantine), metadata={
-        "rows": df.height, "source_fingerprint": fingerprint, **info, **meta, **run_metadata(run)})  # fmt: skip
+    return dg.Output(ValidatedTable(res, quarantine), metadata=readable({
+        "rows": df.height, "source_fingerprint": fingerprint, **info, **meta, **run_metadata(run)}))  # fmt: skip
 
 
 @dg.asset(group_name="data", kinds={"polars", "parquet"}, partitions_def=eval_partitions,
           description="Evaluation rows of one MMEB-eval subset; candidate 0 is the ground truth.")  # fmt: skip
 def mmeb_eval(context: dg.AssetExecutionContext, settings: SettingsResource, mlflow: MlflowResource):
-    s = settings.get()
-    subset = context.partition_key
-    check_partition(s, subset, "eval")
-    info = partition_metadata(s, subset, "eval")
+    s, subset, info = _partition(context, settings, "eval")
     v = s.validation
     res = validate_eval(load_eval(s.eval_root, [subset], strict=False, provenance=True), s.eval_image_root,
                         policy=v.eval_policy, check_images=v.check_images, max_text_chars=v.max_text_chars)  # fmt: skip
@@ -65,8 +67,8 @@ def mmeb_eval(context: dg.AssetExecutionContext, settings: SettingsResource, mlf
         run.log_params({"eval_root": s.eval_root, "subset": subset, **v.model_dump()})
         run.log_metrics({"mean_candidates": mean_cands})
         meta = _validation_outputs(context, run, res, quarantine)
-    return dg.Output(ValidatedTable(res, quarantine), metadata={
-        "rows": df.height, "mean_candidates": mean_cands, **info, **meta, **run_metadata(run)})  # fmt: skip
+    return dg.Output(ValidatedTable(res, quarantine), metadata=readable({
+        "rows": df.height, "mean_candidates": mean_cands, **info, **meta, **run_metadata(run)}))  # fmt: skip
 
 
 def _validation_outputs(context: dg.AssetExecutionContext, run, res: ValidationResult, quarantine_path) -> dict:

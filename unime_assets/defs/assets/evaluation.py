@@ -8,6 +8,8 @@ import polars as pl
 
 from unime_assets.defs.assets._common import naming_rows, run_metadata, upstream_run_ids
 from unime_assets.defs.assets.data import concat_partitions
+from unime_assets.defs.descriptions import describe_evaluation
+from unime_assets.defs.metadata import figure, readable, rows_table
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.evaluation import AGGREGATE_KEYS as AGG_KEYS
 from unime_assets.tracking import plots
@@ -19,6 +21,18 @@ EVAL_ITEMS = [("qry_text", "qry_img_path"), ("tgt_text", "tgt_img_path")]
 # Run tag naming the registered version to evaluate; the same string as defs/automation.py VERSION_TAG
 # (the `evaluate_new_embedder` sensor sets it).
 VERSION_TAG = "unime/embedder_version"
+
+
+PER_DATASET_COLUMNS = {"dataset": "MMEB-eval subset", "meta-task": "classification, vqa, retrieval or grounding",
+                       "split": "IND (a train subset of the task exists) or OOD",
+                       "*": "Precision@1 (%) on the dataset; '(published)': the number the paper or its leaderboard "
+                       "reports"}  # fmt: skip
+AGGREGATE_COLUMNS = {"model": "our models, then published numbers (same datasets when the evaluation is partial)",
+                     "Cls": "mean P@1 (%) over the classification datasets", "VQA": "mean P@1 (%) over the VQA datasets",
+                     "Ret": "mean P@1 (%) over the retrieval datasets", "Grd": "mean P@1 (%) over the grounding datasets",
+                     "IND": "mean P@1 (%) over the in-distribution datasets", "OOD": "mean P@1 (%) over the OOD datasets",
+                     "overall": "mean P@1 (%) over all evaluated datasets (MMEB convention)",
+                     "datasets": "datasets evaluated (of those configured)"}  # fmt: skip
 
 
 def _slug(label: str) -> str:
@@ -75,8 +89,9 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     from unime_assets.evaluation import aggregate
     from unime_assets.evaluation.published import published_for
     from unime_assets.evaluation.report import (
-        aggregate_markdown,
-        per_dataset_markdown,
+        aggregate_rows,
+        markdown_table,
+        per_dataset_rows,
         report_table,
         sources_markdown,
         zeroshot_markdown,
@@ -174,8 +189,9 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     aggregates = {m: aggregate(scores, info) for m, scores in per_model.items()}
     published = published_for(evaluated)
     complete = set(s.eval_subset_names) <= set(evaluated)
-    per_dataset_md = per_dataset_markdown(per_model, info, published)
-    agg_md = aggregate_markdown(per_model, info, published, n_configured=len(s.eval_subset_names))
+    per_dataset = per_dataset_rows(per_model, info, published)
+    aggregate_table = aggregate_rows(per_model, info, published, n_configured=len(s.eval_subset_names))
+    per_dataset_md, agg_md = markdown_table(*per_dataset), markdown_table(*aggregate_table)
     sources_md = sources_markdown(published)
     fingerprints = {n: subset_fingerprint(rows, ev.image_size, digests) for n, rows in mmeb_eval.items()}
     digests.save()
@@ -194,12 +210,15 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         report_md = "\n\n".join(x for x in (per_dataset_md, agg_md, sources_md) if x)
         run.log_text(report_md, "report.md")
         run.log_text(table.write_csv(), "report.csv")
-        bars = run.log_figure(plots.grouped_bars({m: {k: 100 * a[k] for k in AGG_KEYS} for m, a in aggregates.items()},
-                                                 "MMEB-format P@1"), "aggregates")  # fmt: skip
-        per_ds = run.log_figure(plots.grouped_bars({m: {n: 100 * p for n, p in sc.items()} for m, sc in per_model.items()},
-                                                   "P@1 per dataset"), "per_dataset")  # fmt: skip
+        bars = figure(run, plots.grouped_bars({m: {k: 100 * a[k] for k in AGG_KEYS} for m, a in aggregates.items()},
+                                              "MMEB-format P@1"), "aggregates", "chart")  # fmt: skip
+        per_ds = figure(run, plots.grouped_bars({m: {n: 100 * p for n, p in sc.items()} for m, sc in per_model.items()},
+                                                "P@1 per dataset"), "per_dataset", "chart_per_dataset")  # fmt: skip
         decision = _promote(context, s, mlflow.uri(), embedder_version, per_model["embedder"], fingerprints,
                             eval_df, cache_dir, run, same_as_base=same_as_base)  # fmt: skip
+        if embedder_version is not None:
+            describe_evaluation(mlflow.uri(), EMBEDDER_MODEL, embedder_version, 100 * aggregates["embedder"]["overall"],
+                                len(evaluated), complete, f"{mlflow.dagster_url()}/runs/{context.run_id}")  # fmt: skip
         zeroshot_md = ""
         if zeroshot:
             zeroshot_md = zeroshot_markdown(zeroshot)
@@ -209,9 +228,10 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     overall = {m: round(100 * a["overall"], 2) for m, a in aggregates.items()}
     context.log.info(f"overall P@1: {overall}; promotion: {decision['reason']}")
     metadata = {
-        "per_dataset": dg.MetadataValue.md(per_dataset_md + ("\n\n" + sources_md if sources_md else "")),
-        "aggregates": dg.MetadataValue.md(agg_md), "chart": dg.MetadataValue.md(bars),
-        "chart_per_dataset": dg.MetadataValue.md(per_ds), "overall": dg.MetadataValue.json(overall),
+        "aggregates": rows_table(*aggregate_table, AGGREGATE_COLUMNS), **bars,
+        "per_dataset": rows_table(*per_dataset, PER_DATASET_COLUMNS), **per_ds,
+        **({"published_sources": dg.MetadataValue.md(sources_md)} if sources_md else {}),
+        "overall": dg.MetadataValue.json(overall),
         "rerank_mode": mode, "rerank_unparsable": unparsable, "rerank_rows": len(eval_df),
         "torch_threads": s.torch_threads, "encoded": totals.encoded, "cached": totals.cached,
         "reranked_subsets_cached": reranked_cached,
@@ -222,11 +242,11 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     if zeroshot:
         metadata["zeroshot"] = dg.MetadataValue.md(zeroshot_md)
         metadata["zeroshot_table"] = dg.MetadataValue.path(str(zs_path))
-    yield dg.Output(table, metadata=metadata)
+    yield dg.Output(table, metadata=readable(metadata))
     yield dg.AssetCheckResult(check_name=CHAMPION_CHECK, passed=bool(decision["passed"]),
-                              severity=dg.AssetCheckSeverity.WARN, metadata={
+                              severity=dg.AssetCheckSeverity.WARN, metadata=readable({
                                   k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
-                                  for k, v in decision.items() if v is not None})  # fmt: skip
+                                  for k, v in decision.items() if v is not None}))  # fmt: skip
     yield dg.AssetCheckResult(check_name=TRAINED_CHECK, passed=not same_as_base, severity=dg.AssetCheckSeverity.ERROR,
                               metadata={"embedder": str(embedder_path), "base": str(s.embedder_base_path)})  # fmt: skip
 

@@ -12,13 +12,8 @@ import numpy as np
 import polars as pl
 
 from unime_assets.config import ENSEMBLE, Settings
-from unime_assets.defs.assets._common import (
-    TRAIN_ITEMS,
-    markdown_table,
-    naming_rows,
-    run_metadata,
-    upstream_run_ids,
-)
+from unime_assets.defs.assets._common import TRAIN_ITEMS, naming_rows, run_metadata, upstream_run_ids
+from unime_assets.defs.metadata import figure, readable, table
 from unime_assets.defs.partitions import JUDGES, check_partition, judge_key, train_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
@@ -81,8 +76,8 @@ def judge_scores_asset(name: str) -> dg.AssetsDefinition:
             quality = score_quality(pos, cands)
             run.log_metrics(quality)
             flat = np.concatenate(cands) if cands else np.empty(0)
-            hist = run.log_figure(plots.histograms({"positive": pos, "candidates": flat}, f"judge {name} scores"),
-                                  "scores")  # fmt: skip
+            hist = figure(run, plots.histograms({"positive": pos, "candidates": flat}, f"judge {name} scores"),
+                          "scores", "histogram")  # fmt: skip
             if s.maintenance.collect_garbage:  # shards of other judges / prompts / inputs: never read again
                 from unime_assets.judging.shards import stale_shards
                 from unime_assets.maintenance import Garbage, collect
@@ -91,9 +86,9 @@ def judge_scores_asset(name: str) -> dg.AssetsDefinition:
                 collect([Garbage(p, "judge_shard", "stale", 0) for p in stale])
                 shards["stale_removed"] = len(stale)
             run.log_metrics({f"shards_{k}": v for k, v in shards.items()})
-        return dg.Output(df, metadata={"judge": name, "family": family, "pairs": n_pairs, **quality,
-                                       **{f"shards_{k}": v for k, v in shards.items()},
-                                       "histogram": dg.MetadataValue.md(hist), **run_metadata(run)})  # fmt: skip
+        return dg.Output(df, metadata=readable({"judge": name, "family": family, "pairs": n_pairs, **quality,
+                                                **{f"shards_{k}": v for k, v in shards.items()}, **hist,
+                                                **run_metadata(run)}))  # fmt: skip
 
     return _judge_scores
 
@@ -120,14 +115,22 @@ def _filter_flags(s: Settings, rows, pool: pl.DataFrame) -> list[np.ndarray]:
 def _agreement_metadata(run, agree: dict, ensemble_quality: dict) -> tuple[dict, dict]:
     """(Dagster metadata, MLflow metrics) of the agreement numbers, rounded for reading."""
     per = agree["per_judge"]
-    judges_md = markdown_table(
-        ["judge", "AUC pos vs candidates", "FN filter rate", "mean positive", "mean candidate"],
-        [(n, round(q["auc_pos_vs_candidates"], 4), round(q["fn_filter_rate"], 4), round(q["mean_pos_score"], 4),
-          round(q["mean_cand_score"], 4)) for n, q in per.items()])  # fmt: skip
-    pair_md = markdown_table(["judge a", "judge b", "Spearman", "Kendall τ-b", "FN filter disagreement"],
-                             [(p["judge_a"], p["judge_b"], round(p["spearman"], 4), round(p["kendall"], 4),
-                               round(agree["fn_filter_disagreement"][f"{p['judge_a']}|{p['judge_b']}"], 4))
-                              for p in agree["pairwise"]])  # fmt: skip
+    judge_rows = [(n, q["auc_pos_vs_candidates"], q["fn_filter_rate"], q["mean_pos_score"], q["mean_cand_score"])
+                  for n, q in per.items()]  # fmt: skip
+    pair_rows = [(p["judge_a"], p["judge_b"], p["spearman"], p["kendall"],
+                  agree["fn_filter_disagreement"][f"{p['judge_a']}|{p['judge_b']}"]) for p in agree["pairwise"]]  # fmt: skip
+    judges_table = table(judge_rows, [
+        ("judge", "string", "judge name in the settings profile"),
+        ("AUC pos vs candidates", "float", "positives against all retrieved candidates, pooled"),
+        ("FN filter rate", "float", "share of candidates the mining rule's false-negative filter drops"),
+        ("mean positive", "float", "mean score of the (query, positive) pairs"),
+        ("mean candidate", "float", "mean score of the (query, candidate) pairs")], digits=4)  # fmt: skip
+    pairs_table = table(pair_rows, [
+        ("judge a", "string", "first judge"), ("judge b", "string", "second judge"),
+        ("Spearman", "float", "rank correlation of their scores over every (query, entry)"),
+        ("Kendall τ-b", "float", "Kendall's τ-b over the same entries"),
+        ("FN filter disagreement", "float", "share of candidates one judge's filter drops and the other keeps")],
+        digits=4)  # fmt: skip
     metrics = {f"auc.{n}": q["auc_pos_vs_candidates"] for n, q in per.items()}
     metrics |= {f"fn_filter_rate.{n}": q["fn_filter_rate"] for n, q in per.items()}
     for p in agree["pairwise"]:
@@ -136,13 +139,16 @@ def _agreement_metadata(run, agree: dict, ensemble_quality: dict) -> tuple[dict,
                     f"fn_filter_disagreement.{a}.{b}": agree["fn_filter_disagreement"][f"{a}|{b}"]}  # fmt: skip
     metrics |= {"fn_filter_disagreement": agree["fn_filter_disagreement"]["any"],
                 "auc.ensemble": ensemble_quality["auc_pos_vs_candidates"]}  # fmt: skip
-    meta = {"per_judge": dg.MetadataValue.md(judges_md), "fn_filter_disagreement": round(metrics["fn_filter_disagreement"], 4),
+    meta = {"per_judge": judges_table, "fn_filter_disagreement": round(metrics["fn_filter_disagreement"], 4),
             "ensemble_auc_pos_vs_candidates": round(ensemble_quality["auc_pos_vs_candidates"], 4)}  # fmt: skip
     if agree["pairwise"]:
-        meta["pairwise"] = dg.MetadataValue.md(pair_md)
+        meta["pairwise"] = pairs_table
         first = agree["pairwise"][0]
         meta |= {"spearman": round(first["spearman"], 4), "kendall": round(first["kendall"], 4)}
-    run.log_text(judges_md + "\n\n" + pair_md, "agreement.md")
+    run.log_text(pl.DataFrame(judge_rows, orient="row", schema=["judge", "auc", "fn_filter_rate", "mean_pos", "mean_cand"])
+                 .write_csv() + "\n" + pl.DataFrame(pair_rows, orient="row", schema=["judge_a", "judge_b", "spearman",
+                                                                               "kendall", "fn_disagreement"]).write_csv(),
+                 "agreement.csv")  # fmt: skip
     return meta, metrics
 
 
@@ -185,11 +191,11 @@ def judge_ensemble_asset(judges: list[str]) -> dg.AssetsDefinition:
             if len(names) >= 2:
                 flat = {n: np.concatenate(r) for n, r in rows.items()}
                 pairs = [(p["judge_a"], p["judge_b"]) for p in agree["pairwise"]][:4]
-                meta["scatter"] = dg.MetadataValue.md(run.log_figure(
-                    plots.scatter_pairs(flat, pairs, "judge scores, every (query, entry)"), "scatter"))  # fmt: skip
-        return dg.Output(df, metadata={"judges": ",".join(names), "rule": rule, "queries": df.height,
-                                       **({"reliability_weights": str({n: round(a, 4) for n, a in aucs.items()})}
-                                          if aucs else {}), **meta, **run_metadata(run)})  # fmt: skip
+                meta |= figure(run, plots.scatter_pairs(flat, pairs, "judge scores, every (query, entry)"), "scatter",
+                               "scatter")  # fmt: skip
+        return dg.Output(df, metadata=readable({"judges": ",".join(names), "rule": rule, "queries": df.height,
+                                                **({"reliability_weights": str({n: round(a, 4) for n, a in aucs.items()})}
+                                                   if aucs else {}), **meta, **run_metadata(run)}))  # fmt: skip
 
     return judge_ensemble
 

@@ -6,15 +6,10 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from unime_assets.defs.assets._common import (
-    TRAIN_ITEMS,
-    markdown_table,
-    naming_rows,
-    run_metadata,
-    upstream_run_ids,
-)
+from unime_assets.defs.assets._common import TRAIN_ITEMS, naming_rows, run_metadata, upstream_run_ids
 from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.assets.judges import mining_inputs, scores_for_mining
+from unime_assets.defs.metadata import figure, readable, table
 from unime_assets.defs.partitions import JUDGES, check_partition, train_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
@@ -50,8 +45,8 @@ def candidate_index(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
                 context.log.info(f"removed {g.kind} {g.path}: {g.reason}")
         run.log_metrics({k: v for k, v in stats.items() if isinstance(v, int | float)})
     context.log.info(f"candidate index: {stats}")
-    return dg.Output(res.candidates, metadata={**stats, "index_dir": dg.MetadataValue.path(str(res.out_dir)),
-                                               **run_metadata(run)})  # fmt: skip
+    return dg.Output(res.candidates, metadata=readable({**stats, "index_dir": dg.MetadataValue.path(str(res.out_dir)),
+                                                        **run_metadata(run)}))  # fmt: skip
 
 
 def truth_matrices(s, train_part: pl.DataFrame, candidates: pl.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
@@ -115,8 +110,8 @@ def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, 
         top1 = np.array([x[0] for x in pool["cand_sims"].to_list() if len(x)], dtype=np.float32)
         fig = plots.histograms({"positive": pool["pos_sim"].to_numpy(), "top-1 candidate": top1},
                                "retriever cosine", xlabel="cosine")  # fmt: skip
-        hist = run.log_figure(fig, "similarities")
-    return dg.Output(pool, metadata={**stats, "similarities": dg.MetadataValue.md(hist), **run_metadata(run)})
+        hist = figure(run, fig, "similarities", "similarities")
+    return dg.Output(pool, metadata=readable({**stats, **hist, **run_metadata(run)}))
 
 
 def mined_negatives_asset(judges: list[str]) -> dg.AssetsDefinition:
@@ -149,16 +144,17 @@ def mined_negatives_asset(judges: list[str]) -> dg.AssetsDefinition:
             # The false-negative filter rate every rule would have on these scores, beside the chosen one's.
             rates = filter_rates(judge_scores, candidate_pool, m)
             run.log_metrics({f"filter_rate.{k}": v for k, v in rates.items()})
-            rates_md = markdown_table(["strategy", "candidates filtered"],
-                                      [(k, f"{100 * v:.1f} %") for k, v in rates.items()])  # fmt: skip
+            rates_table = table([(k, 100 * v) for k, v in rates.items()],
+                                [("strategy", "string", "mining rule (its false-negative filter only)"),
+                                 ("filtered (%)", "float", "share of all retrieved candidates the rule's filter drops")],
+                                digits=1)  # fmt: skip
             run.log_metrics(stats)
-            hist = run.log_figure(plots.histograms({"kept": kept, "dropped (false negatives)": dropped},
-                                                   f"{source} scores of candidates ({m.strategy})"), "kept_vs_dropped")  # fmt: skip
-            truth_meta = _rule_audit(s, run, mmeb_train, candidate_pool, candidate_index, judge_scores)
-        return dg.Output(df, metadata={**stats, "strategy": m.strategy, "judge": source,
-                                       "kept_vs_dropped": dg.MetadataValue.md(hist),
-                                       "filter_rate_by_strategy": dg.MetadataValue.md(rates_md),
-                                       **truth_meta, **run_metadata(run)})  # fmt: skip
+            hist = figure(run, plots.histograms({"kept": kept, "dropped (false negatives)": dropped},
+                                                f"{source} scores of candidates ({m.strategy})"), "kept_vs_dropped",
+                          "kept_vs_dropped")  # fmt: skip
+        return dg.Output(df, metadata=readable({**stats, "strategy": m.strategy, "judge": source, **hist,
+                                                "filter_rate_by_strategy": rates_table, **truth_meta,
+                                                 **run_metadata(run)}))  # fmt: skip
 
     return mined_negatives
 
@@ -242,8 +238,10 @@ def training_set(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Dat
         unime_scores.write(unime_scores.from_training_set(df), export)
         counts = df.group_by("subset", maintain_order=True).agg(pl.len().alias("queries"),
                                                                 pl.col("fallback").mean().alias("fallback"))  # fmt: skip
-        table = markdown_table(["subset", "queries", "fallback fraction"], counts.rows())
         run.log_metrics({"queries": df.height, "subsets": counts.height})
-        run.log_text(table, "subsets.md")
-    return dg.Output(df, metadata={"queries": df.height, "source": src.source, "per_subset": dg.MetadataValue.md(table),
+        run.log_text(counts.write_csv(), "subsets.csv")
+    per_subset = table(counts.rows(), [("subset", "string", "MMEB-train subset"),
+                                       ("queries", "int", "training queries from the subset"),
+                                       ("fallback", "float", "fraction of its queries with random fallback negatives")])  # fmt: skip
+    return dg.Output(df, metadata={"queries": df.height, "source": src.source, "per_subset": per_subset,
                                    "official_format_export": dg.MetadataValue.path(str(export)), **run_metadata(run)})  # fmt: skip

@@ -9,8 +9,9 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from unime_assets.defs.assets._common import markdown_table, run_metadata, step_logger
+from unime_assets.defs.assets._common import run_metadata, step_logger
 from unime_assets.defs.assets.data import concat_partitions
+from unime_assets.defs.metadata import figure, readable, table
 from unime_assets.defs.partitions import JUDGES, judge_key
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.models.loading import check_checkpoint_dir
@@ -23,9 +24,9 @@ def _checkpoint_metadata(path) -> dict:
     n_bytes = sum(f.stat().st_size for f in path.rglob("*.safetensors"))
     text = text_config(path)
     rows = [("model_type", checkpoint_config(path)["model_type"])]
-    rows += [(k, text.get(k)) for k in ("hidden_size", "num_hidden_layers", "vocab_size")]
-    return {"path": dg.MetadataValue.path(str(path)), "safetensors_mb": round(n_bytes / 2**20, 2),
-            "config": dg.MetadataValue.md(markdown_table(["field", "value"], rows))}  # fmt: skip
+    rows += [(k, str(text.get(k))) for k in ("hidden_size", "num_hidden_layers", "vocab_size")]
+    config = table(rows, [("field", "string", "config.json field (text model)"), ("value", "string", "its value")])
+    return {"path": dg.MetadataValue.path(str(path)), "safetensors_mb": round(n_bytes / 2**20, 2), "config": config}
 
 
 @dg.asset(group_name="models", kinds={"pytorch", "deepspeed"},
@@ -81,7 +82,7 @@ def retriever_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
         if not s.bootstrap.enabled:
             path = check_checkpoint_dir(s.retriever.path, "retriever")
             run.log_params({"path": path, "bootstrap": False})
-            return dg.MaterializeResult(metadata={**_checkpoint_metadata(path), **run_metadata(run)})
+            return dg.MaterializeResult(metadata=readable({**_checkpoint_metadata(path), **run_metadata(run)}))
         b = s.bootstrap
         # From the same pretrained base as the embedder (the paper: VLM2Vec and UniME-V2 both start from a
         # pretrained MLLM), so that the demo's "embedder vs retriever" compares the losses, not the starts.
@@ -94,12 +95,12 @@ def retriever_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
                         "batch_size": b.retriever_batch_size, "warmup_steps": warmup,
                         "temperature": b.retriever_temperature})  # fmt: skip
         result = train_retriever_infonce(base, retriever_pairs(train), s.train_image_root, s.retriever_path,
-                                         cfg, temperature=b.retriever_temperature, log=step_logger(context, run))  # fmt: skip
-        curve = run.log_figure(plots.loss_curve(result.losses, "retriever InfoNCE (bootstrap)"), "loss")
-        return dg.MaterializeResult(metadata={
+                                         cfg, temperature=b.retriever_temperature, log=step_logger(context, run, b.retriever_steps))  # fmt: skip
+        curve = figure(run, plots.loss_curve(result.losses, "retriever InfoNCE (bootstrap)"), "loss", "loss_curve")
+        return dg.MaterializeResult(metadata=readable({
             **_checkpoint_metadata(s.retriever_path), "final_loss": result.losses[-1],
-            "train_seconds": round(result.seconds, 1), "loss_curve": dg.MetadataValue.md(curve), **run_metadata(run),
-        })  # fmt: skip
+            "train_seconds": round(result.seconds, 1), **curve, **run_metadata(run),
+        }))  # fmt: skip
 
 
 def judge_model_asset(name: str) -> dg.AssetsDefinition:
@@ -127,11 +128,11 @@ def judge_model_asset(name: str) -> dg.AssetsDefinition:
             run.log_params({"judge": name, "family": family, "dtype": spec.dtype})
             aucs, held_out = _held_out_quality(run, s, spec, path, evals)
             context.log.info(f"judge {name} ({family}) held-out AUC: {aucs}")
-        return dg.MaterializeResult(metadata={
+        return dg.MaterializeResult(metadata=readable({
             **_checkpoint_metadata(path), "judge": name, "family": family,
             "held_out_auc": aucs.get("IND", float("nan")), "held_out_auc_ood": aucs.get("OOD", float("nan")),
             **held_out, **meta, **run_metadata(run),
-        })  # fmt: skip
+        }))  # fmt: skip
 
     return _judge_model
 
@@ -159,10 +160,10 @@ def _bootstrap_judge(context, run, s, spec, train: pl.DataFrame, out) -> dict:
                        warmup_steps=b.judge_steps // 10, zero_stage=s.reranker.zero_stage)  # fmt: skip
     run.log_params({"base": base, "bootstrap": True, "steps": b.judge_steps, "lr": b.judge_lr,
                     "batch_size": b.judge_batch_size, "examples": len(examples)})  # fmt: skip
-    result = train_sft(base, examples, s.train_image_root, out, cfg, role="judge", log=step_logger(context, run))
-    curve = run.log_figure(plots.loss_curve(result.losses, f"judge SFT ({spec.name})"), "loss")
-    return {"final_loss": result.losses[-1], "train_seconds": round(result.seconds, 1),
-            "loss_curve": dg.MetadataValue.md(curve)}  # fmt: skip
+    result = train_sft(base, examples, s.train_image_root, out, cfg, role="judge",
+                       log=step_logger(context, run, b.judge_steps))  # fmt: skip
+    curve = figure(run, plots.loss_curve(result.losses, f"judge SFT ({spec.name})"), "loss", "loss_curve")
+    return {"final_loss": result.losses[-1], "train_seconds": round(result.seconds, 1), **curve}
 
 
 def _held_out_quality(run, s, spec, path, evals: pl.DataFrame) -> tuple[dict[str, float], dict]:
@@ -177,7 +178,7 @@ def _held_out_quality(run, s, spec, path, evals: pl.DataFrame) -> tuple[dict[str
     lm = load_model(path, role="judge", dtype=spec.dtype)  # trust_remote_code as configured, like every loader
     images = ImageLoader(s.eval_image_root, s.evaluation.image_size)
     info = s.eval_catalog
-    aucs, hist, n_pairs, pos_mean = {}, None, 0, float("nan")
+    aucs, hist, n_pairs, pos_mean = {}, {}, 0, float("nan")
     for split in ("IND", "OOD"):
         rows = evals.filter(pl.col("subset").is_in([n for n in info if info[n].split == split]))
         pairs, labels = held_out_pairs(rows, max_rows=400)
@@ -189,11 +190,10 @@ def _held_out_quality(run, s, spec, path, evals: pl.DataFrame) -> tuple[dict[str
             pos_mean = float(np.mean(scores[labels == 1]))
             fig = plots.histograms({"ground truth": scores[labels == 1], "random candidate": scores[labels == 0]},
                                    f"judge {spec.name}: held-out IND eval pairs")  # fmt: skip
-            hist = run.log_figure(fig, "held_out")
+            hist = figure(run, fig, "held_out", "held_out_hist")
             n_pairs = len(labels)
     run.log_metrics({f"held_out_auc_{k.lower()}": v for k, v in aucs.items()})
-    return aucs, {"held_out_pairs": n_pairs, "held_out_pos_mean": pos_mean,
-                  "held_out_hist": dg.MetadataValue.md(hist or "")}  # fmt: skip
+    return aucs, {"held_out_pairs": n_pairs, "held_out_pos_mean": pos_mean, **hist}
 
 
 judge_models = [judge_model_asset(name) for name in JUDGES]

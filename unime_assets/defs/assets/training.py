@@ -35,6 +35,8 @@ import pandas as pd
 import polars as pl
 
 from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
+from unime_assets.defs.descriptions import describe_registered
+from unime_assets.defs.metadata import figure, readable
 from unime_assets.defs.partitions import JUDGES, judge_key
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
@@ -184,8 +186,9 @@ def _train_and_register(context: dg.AssetExecutionContext, task: str, training_s
 
     asset = context.asset_key.to_user_string()
     out = s.asset_dir(asset)
-    lineage = {"dagster.run_id": context.run_id, "dagster.asset_key": asset, **_training_set_lineage(context),
-               **upstream_run_ids(context, upstream)}  # fmt: skip
+    run_url = f"{mlflow.dagster_url()}/runs/{context.run_id}"
+    lineage = {"dagster.run_id": context.run_id, "dagster.run_url": run_url, "dagster.asset_key": asset,
+               **_training_set_lineage(context), **upstream_run_ids(context, upstream)}  # fmt: skip
     with mlflow.run(context) as run:
         run.log_params({"base": base, **_settings_params(section), "queries": training_set.height, **params,
                         **lineage})  # fmt: skip
@@ -194,22 +197,28 @@ def _train_and_register(context: dg.AssetExecutionContext, task: str, training_s
         if identical_weights(out, base):
             raise dg.Failure(f"{asset}: the trained weights in {out} are identical to the base {base}: training "
                              f"changed nothing (losses {result['losses'][:3]}...); not registered")  # fmt: skip
-        curve = run.log_figure(plots.loss_curve(result["losses"], title), "loss")
+        curve = figure(run, plots.loss_curve(result["losses"], title), "loss", "loss_curve")
         version, reused = _register(context, run, mlflow.uri(), model, task, out, lineage, example, output)
+        describe_registered(mlflow.uri(), model, version, asset=asset, run_url=run_url, training_set=training_set,
+                            settings=s, base=base)  # fmt: skip
     context.log.info(f"registered {model} version {version}" + (" (found from an interrupted try)" if reused else ""))
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata=readable({
         "path": dg.MetadataValue.path(str(out)), **_result_metadata(result, reported), **extra_meta,
         "registered_model": model, "model_version": version, "registration_reused": reused,
-        "model_uri": f"models:/{model}/{version}", "loss_curve": dg.MetadataValue.md(curve), **run_metadata(run),
-    })  # fmt: skip
+        "model_uri": f"models:/{model}/{version}", **curve, **run_metadata(run),
+    }))  # fmt: skip
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, pool="gpu", deps=["pretrained_base"],
-          description="UniME-V2 embedder: symmetric KL between softmax(cos/τ) and softmax(judge/τ) over "
-          "the positive and k mined negatives; last-token pooling; GradCache; torchrun/deepspeed launch "
-          "through Dagster Pipes, DeepSpeed ZeRO, resumable checkpoints; registered in MLflow.")  # fmt: skip
-def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame,
-                        settings: SettingsResource,
+EMBEDDER_DOC = ("UniME-V2 embedder: symmetric KL between softmax(cos/τ) and softmax(judge/τ) over the positive "
+                "and k mined negatives; last-token pooling; GradCache; torchrun/deepspeed launch through Dagster "
+                "Pipes, DeepSpeed ZeRO, resumable checkpoints; registered in MLflow.")  # fmt: skip
+RERANKER_DOC = ("UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT, loss on assistant tokens only, "
+                "query and candidate texts included, positive slot uniform; same launcher as the embedder.")  # fmt: skip
+TRAINING_KINDS = {"pytorch", "deepspeed", "mlflow"}
+
+
+@dg.asset(group_name="training", kinds=TRAINING_KINDS, pool="gpu", deps=["pretrained_base"], description=EMBEDDER_DOC)
+def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame, settings: SettingsResource,
                         mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.models.loading import check_checkpoint_dir
     from unime_assets.models.processors import text_config
@@ -226,13 +235,9 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
     )  # fmt: skip
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, deps=[judge_key("judge_model", JUDGES[0])],
-          pool="gpu",
-          description="UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT, loss on assistant "
-          "tokens only, query and candidate texts included, positive slot uniform; same launcher as the "
-          "embedder.")  # fmt: skip
-def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame,
-                        settings: SettingsResource,
+@dg.asset(group_name="training", kinds=TRAINING_KINDS, pool="gpu", description=RERANKER_DOC,
+          deps=[judge_key("judge_model", JUDGES[0])])  # the reranker starts from the (first) judge
+def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame, settings: SettingsResource,
                         mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.models.loading import check_checkpoint_dir
 
