@@ -36,10 +36,13 @@ SIZES: dict[str, EmbeddedSize] = {
             "bootstrap": {"enabled": True, "retriever_steps": 150, "retriever_batch_size": 32,
                           "judge_steps": 1200, "judge_batch_size": 32, "judge_lr": 1e-3},
             "judging": {"batch_size": 64},
+            # Small budgets (steps, batch, no accumulation), a larger lr and full fine-tuning of the tiny
+            # models; every other choice is the official recipe's (config.py defaults: eps loss, 672x672
+            # training images, HF linear / cosine schedules, the reranker's mask, prompt and slot draw).
             # GradCache off: on a tiny CPU model it is 5-6x slower and memory is no issue.
             "embedder": {"steps": 120, "batch_size": 16, "lr": 5e-4, "warmup_steps": 10, "gradcache_chunk": 0,
                          "lora": {"enabled": False}},
-            "reranker": {"steps": 150, "batch_size": 8, "lr": 5e-4, "warmup_steps": 10,
+            "reranker": {"steps": 150, "batch_size": 8, "grad_accum": 1, "lr": 5e-4,
                          "lora": {"enabled": False}},
             "evaluation": {"image_size": None, "batch_size": 64},
         },
@@ -55,7 +58,9 @@ SIZES: dict[str, EmbeddedSize] = {
             "mining": {"n_negatives": 4, "step": 2},
             "embedder": {"steps": 3, "batch_size": 4, "k_negatives": 2, "lr": 5e-4, "warmup_steps": 1,
                          "gradcache_chunk": 4, "lora": {"enabled": False}},
-            "reranker": {"steps": 3, "batch_size": 3, "lr": 5e-4, "warmup_steps": 1, "lora": {"enabled": False}},
+            # 4 steps: enough for the end-to-end test to tell the cosine schedule from the linear one.
+            "reranker": {"steps": 4, "batch_size": 3, "grad_accum": 1, "lr": 5e-4, "warmup_steps": 1,
+                         "lora": {"enabled": False}},
             "evaluation": {"image_size": None, "rerank_top_k": 4},
         },
     ),  # fmt: skip

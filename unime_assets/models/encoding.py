@@ -66,10 +66,14 @@ class ImageLoader:
         return img
 
 
-def embed_inputs(items: Sequence[Item], processor, images: Callable[[str], Image.Image], image_token: str):
+def embed_inputs(items: Sequence[Item], processor, images: Callable[[str], Image.Image], image_token: str,
+                 max_length: int | None = None):  # fmt: skip
+    """Processor inputs of a batch; `max_length` truncates each sequence on the right (the official
+    embedder's --max_len), after the image tokens are expanded."""
     texts = [model_text(it.text, bool(it.image), image_token) for it in items]
     imgs = [images(it.image) for it in items if it.image]
-    return processor(text=texts, images=imgs or None, return_tensors="pt", padding=True)
+    trunc = {"truncation": True, "max_length": max_length} if max_length else {}
+    return processor(text=texts, images=imgs or None, return_tensors="pt", padding=True, **trunc)
 
 
 def forward_embeddings(model, inputs, normalize: bool = True) -> torch.Tensor:

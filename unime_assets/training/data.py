@@ -87,13 +87,15 @@ def embedder_examples(training_set: pl.DataFrame, k: int) -> list[EmbedderExampl
     return out
 
 
-def reranker_sft_examples(training_set: pl.DataFrame, seed: int = 0) -> list[SFTExample]:
+def reranker_sft_examples(training_set: pl.DataFrame, seed: int = 0, *, slot_draw: str = "official",
+                          pairwise_prompt: str = "official") -> list[SFTExample]:  # fmt: skip
+    """Three SFT sequences per query (reranking.reranker_examples), the slot draws seeded."""
     rng = random.Random(seed)
     out: list[SFTExample] = []
     for q, pos, negs in zip(
         _queries(training_set), _positives(training_set), _negatives(training_set), strict=True
     ):
-        out += reranker_examples(q, pos, negs, rng)
+        out += reranker_examples(q, pos, negs, rng, slot_draw=slot_draw, pairwise_prompt=pairwise_prompt)
     return out
 
 

@@ -46,10 +46,12 @@ class TrainSpec:
     training_set: str  # parquet with the `training_set` asset's rows
     image_root: str
     out_dir: str
-    steps: int
+    steps: int  # resolved optimizer steps (TrainSettings.total_steps)
     batch_size: int  # global: queries per micro-step over all ranks
     lr: float
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # resolved (TrainSettings.total_warmup)
+    lr_schedule: str = "linear"
+    weight_decay: float = 0.0
     grad_accum: int = 1
     zero_stage: int = 2
     bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU
@@ -60,7 +62,15 @@ class TrainSpec:
     k_negatives: int = 8
     loss: str = "judge_kl"
     temperature: float = 0.02
+    loss_eps: float = 1e-8
+    image_size: int | None = None  # square training images (None: native)
+    max_len: int | None = None
     gradcache_chunk: int = 0  # 0: plain full-batch backward
+    # reranker
+    max_pixels: int | None = None  # None: native images
+    label_mask: str = "official"
+    pairwise_prompt: str = "official"
+    listwise_slot: str = "official"
     # checkpoints
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
@@ -203,22 +213,26 @@ def run_spec(spec: TrainSpec, pipes=None):
     ts = pl.read_parquet(spec.training_set)
     cfg = EngineConfig(micro_batch_size=spec.batch_size * per_query // world, total_steps=spec.steps,
                        lr=spec.lr, warmup_steps=spec.warmup_steps, grad_accum=spec.grad_accum,
-                       zero_stage=spec.zero_stage, grad_clip=spec.grad_clip, bf16=spec.bf16)  # fmt: skip
+                       zero_stage=spec.zero_stage, grad_clip=spec.grad_clip, bf16=spec.bf16,
+                       lr_schedule=spec.lr_schedule, weight_decay=spec.weight_decay)  # fmt: skip
     policy = CheckpointPolicy(every=spec.checkpoint_every, keep=spec.keep_checkpoints,
                               fingerprint=_data_hash(ts))  # fmt: skip
     lora = LoraConfig(**spec.lora)
     log = _step_logger(spec, pipes)
     pipes.log.info(f"{spec.task}: {ts.height} queries, {world} process(es), global batch {spec.batch_size}, "
-                   f"ZeRO-{spec.zero_stage}, {spec.steps} steps")  # fmt: skip
+                   f"ZeRO-{spec.zero_stage}, {spec.steps} steps ({spec.lr_schedule}, {spec.warmup_steps} warmup)")  # fmt: skip
     if spec.task == "embedder":
         examples = embedder_examples(ts, spec.k_negatives)
         return train_embedder(spec.base_path, examples, spec.image_root, spec.out_dir, cfg, mode=spec.loss,
                               temperature=spec.temperature, lora=lora, seed=spec.seed, log=log,
-                              gradcache_chunk=spec.gradcache_chunk, checkpoint=policy)  # fmt: skip
+                              gradcache_chunk=spec.gradcache_chunk, checkpoint=policy, loss_eps=spec.loss_eps,
+                              image_size=spec.image_size, max_len=spec.max_len)  # fmt: skip
     if spec.task == "reranker":
-        examples = reranker_sft_examples(ts, seed=spec.seed)
+        examples = reranker_sft_examples(ts, seed=spec.seed, slot_draw=spec.listwise_slot,
+                                         pairwise_prompt=spec.pairwise_prompt)  # fmt: skip
         return train_sft(spec.base_path, examples, spec.image_root, spec.out_dir, cfg, role="reranker",
-                         lora=lora, seed=spec.seed, log=log, checkpoint=policy)  # fmt: skip
+                         lora=lora, seed=spec.seed, log=log, checkpoint=policy, label_mask=spec.label_mask,
+                         max_pixels=spec.max_pixels)  # fmt: skip
     raise ValueError(f"unknown training task {spec.task!r}")
 
 

@@ -80,8 +80,9 @@ def judge_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Data
                                warmup_steps=b.judge_steps // 10, zero_stage=s.reranker.zero_stage)  # fmt: skip
             run.log_params({"base": base, "bootstrap": True, "steps": b.judge_steps, "lr": b.judge_lr,
                             "batch_size": b.judge_batch_size, "examples": len(examples)})  # fmt: skip
+            # The stand-in judge keeps its own recipe (answer + <|im_end|> supervised, native images).
             result = train_sft(base, examples, s.train_image_root, s.judge_path, cfg, role="judge",
-                               log=step_logger(context, run))  # fmt: skip
+                               log=step_logger(context, run), label_mask="answer_eos")  # fmt: skip
             meta["final_loss"] = result.losses[-1]
             meta["loss_curve"] = dg.MetadataValue.md(
                 run.log_figure(plots.loss_curve(result.losses, "judge SFT"), "loss")

@@ -89,10 +89,14 @@ def _train_out_of_process(
     asset = context.asset_key.to_user_string()
     launch_dir = s.artifacts_root / "launch" / asset
     data = write_parquet(training_set, launch_dir / "training_set.parquet")
+    steps = section.total_steps(training_set.height)  # `steps`, or `epochs` over this training set
+    warmup = section.total_warmup(steps)
+    run.log_params({"total_steps": steps, "total_warmup_steps": warmup})
     spec = TrainSpec(
         task=task, base_path=str(base), training_set=str(data), image_root=str(s.train_image_root),
-        out_dir=str(out), steps=section.steps, batch_size=section.batch_size, lr=section.lr,
-        warmup_steps=section.warmup_steps, grad_accum=section.grad_accum, zero_stage=section.zero_stage,
+        out_dir=str(out), steps=steps, batch_size=section.batch_size, lr=section.lr,
+        warmup_steps=warmup, lr_schedule=section.lr_schedule, weight_decay=section.weight_decay,
+        grad_clip=section.grad_clip, grad_accum=section.grad_accum, zero_stage=section.zero_stage,
         bf16=section.bf16, seed=section.seed, lora=section.lora.model_dump(),
         checkpoint_every=section.checkpoint_every,
         keep_checkpoints=section.keep_checkpoints, mlflow_tracking_uri=tracking_uri,
@@ -145,10 +149,11 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
     gradcache = e.gradcache_chunk
     with mlflow.run(context) as run:
         run.log_params({"base": base, **_settings_params(e), "gradcache_chunk": gradcache,
-                        "queries": training_set.height, **lineage})  # fmt: skip
+                        "image_size": e.image_size, "queries": training_set.height, **lineage})  # fmt: skip
         result, reported = _train_out_of_process(
             context, "embedder", training_set, s, e, out, base, run, mlflow.uri(),
             k_negatives=e.k_negatives, loss=e.loss, temperature=e.temperature, gradcache_chunk=gradcache,
+            loss_eps=e.loss_eps, image_size=e.image_size, max_len=e.max_len,
         )  # fmt: skip
         curve = run.log_figure(plots.loss_curve(result["losses"], f"embedder ({e.loss})"), "loss")
         example = pd.DataFrame({"text": ["a caption\n"], "image": [""]})
@@ -165,9 +170,9 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, deps=["judge_model"], pool="gpu",
-          description="UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT, loss on assistant "
-          "tokens only, query and candidate texts included, positive slot uniform; same launcher as the "
-          "embedder.")  # fmt: skip
+          description="UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT with the official "
+          "recipe (label mask, prompt wording, slot draw, images <= 300*28*28 px, cosine LR, one epoch), "
+          "query and candidate texts included; same launcher as the embedder.")  # fmt: skip
 def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame,
                         settings: SettingsResource,
                         mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
@@ -185,7 +190,9 @@ def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
         run.log_params({"base": base, **_settings_params(r), "queries": training_set.height,
                         "sequences_per_query": 3, **lineage})  # fmt: skip
         result, reported = _train_out_of_process(context, "reranker", training_set, s, r, out, base, run,
-                                                 mlflow.uri())  # fmt: skip
+                                                 mlflow.uri(), max_pixels=r.max_pixels, label_mask=r.label_mask,
+                                                 pairwise_prompt=r.pairwise_prompt,
+                                                 listwise_slot=r.listwise_slot)  # fmt: skip
         curve = run.log_figure(plots.loss_curve(result["losses"], "reranker SFT"), "loss")
         example = pd.DataFrame(
             {"query_text": ["q\n"], "query_image": [""], "cand_text": ["c"], "cand_image": [""]}
