@@ -60,3 +60,24 @@ def test_reranker_sft_gets_capped_images_and_its_mask(tmp_path, settings, tiny_q
     train_sft(tiny_qwen25vl, examples, settings.train_image_root, tmp_path / "r", cfg,
               role="reranker", max_pixels=300 * 28 * 28)  # fmt: skip
     assert seen == {"sizes": {(588, 392)}, "masks": {"official"}}
+
+
+def test_reranker_lora_leaves_the_vision_tower_frozen(tiny_qwen25vl):
+    """Official: LoRA on the language model's linear layers only. Qwen2.5-VL's vision MLPs share the
+    gate/up/down_proj names, so the default excludes `visual`; without it they would be wrapped."""
+    import torch
+
+    from unime_assets.config import RerankerSettings
+    from unime_assets.models.loading import load_model
+    from unime_assets.training.loop import maybe_lora
+
+    def lora_modules(lora) -> set[str]:
+        model = maybe_lora(load_model(tiny_qwen25vl, dtype=torch.float32, train=True).model, lora)
+        return {n.split(".lora_")[0] for n, p in model.named_parameters() if "lora_" in n and p.requires_grad}
+
+    lora = RerankerSettings().lora
+    wrapped = lora_modules(lora)
+    assert wrapped and not any("visual" in n for n in wrapped)
+    assert {n.rsplit(".", 1)[-1] for n in wrapped} == set(lora.target_modules)
+    unexcluded = lora_modules(lora.model_copy(update={"exclude_modules": None}))
+    assert any("visual" in n for n in unexcluded)  # the names do match the vision tower
