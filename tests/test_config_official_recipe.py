@@ -65,3 +65,17 @@ def test_epoch_schedule_counts_steps_as_the_hf_trainer():
     assert RerankerSettings(warmup_steps=10).total_warmup(150) == 10  # > 0 wins over the ratio
     with pytest.raises(ValueError):
         RerankerSettings().total_steps(0)
+
+
+def test_a_partial_reranker_lora_keeps_the_official_reranker_defaults(tmp_path):
+    base = {"train_root": str(tmp_path), "train_image_root": str(tmp_path), "eval_root": str(tmp_path),
+            "eval_image_root": str(tmp_path), "retriever": {"path": "x"}, "judge": {"path": "y"},
+            "embedder_base": {"path": "z"}, "artifacts_root": str(tmp_path / "a"),
+            "reranker": {"lora": {"r": 64}}, "embedder": {"lora": {"r": 8}}}  # fmt: skip
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(base))
+    s = load_settings(p)
+    r, e = s.reranker.lora, s.embedder.lora
+    assert (r.r, r.alpha, r.dropout, r.exclude_modules) == (64, 256, 0.05, r".*visual.*")
+    assert "gate_proj" in r.target_modules and not r.use_dora
+    assert (e.r, e.alpha, e.use_dora, e.exclude_modules) == (8, 64, True, None)

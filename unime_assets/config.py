@@ -41,6 +41,21 @@ class LoraConfig(Strict):
     exclude_modules: str | None = None
 
 
+class RerankerLoraConfig(LoraConfig):
+    """The official reranker's LoRA (Rerank/scripts/train_qwen25VL_7B.sh, Rerank/arguments.py) as the
+    defaults a partial `reranker.lora` mapping is merged onto."""
+
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    use_dora: bool = False
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    # Official: LoRA on the language model only; Qwen2.5-VL's vision MLPs share the names above.
+    exclude_modules: str | None = r".*visual.*"
+
+
 class RetrievalSettings(Strict):
     top_k: int = Field(50, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -190,14 +205,7 @@ class RerankerSettings(TrainSettings):
     pairwise_prompt: Literal["official", "judge"] = "official"
     # official: the training script's draw (n = randint(1, 4), slot = randint(1, n + 1)); uniform: any slot.
     listwise_slot: Literal["official", "uniform"] = "official"
-    lora: LoraConfig = Field(
-        default_factory=lambda: LoraConfig(
-            r=128, alpha=256, dropout=0.05, use_dora=False,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-            # Official: LoRA on the language model only; Qwen2.5-VL's vision MLPs share these names.
-            exclude_modules=r".*visual.*",
-        )
-    )  # fmt: skip
+    lora: RerankerLoraConfig = Field(default_factory=lambda: RerankerLoraConfig())
 
 
 class ValidationSettings(Strict):
