@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed-stamp
 # pip prints one harmless line per package about an absent extra local index; keep the log readable.
 QUIET_PIP := { grep -v "^WARNING: Location '" || true; }
 
+# The same defaults as the .env that `make install` writes (unime-assets init), which is what lets the
+# Dagster CLI and unime-assets run from the project root without make; an exported value wins in both.
 export UNIME_HOME ?= $(CURDIR)/.unime
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export MLFLOW_TRACKING_URI ?= sqlite:///$(UNIME_HOME)/mlflow/mlflow.db
@@ -18,14 +20,14 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
-export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
 
-.PHONY: help install demo test ui lint dagster-home clean
+.PHONY: help install init demo test ui lint clean
 
 help:
 	@echo "make demo  - install, build the embedded default, materialize every asset, print a summary"
 	@echo "make test  - install and run the full test suite"
 	@echo "make ui    - Dagster UI on 127.0.0.1:3000 and MLflow UI on 127.0.0.1:5000"
+	@echo "make init  - (re)write .env, .dagster_home/ and .unime/mlflow/ for this checkout (make install does it)"
 	@echo "make lint  - ruff"
 
 # torch first and alone: the pinned 2.13.0 is a CPU build here, so nothing else can pull a CUDA torch.
@@ -36,13 +38,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip check
 	touch $@
 
+# .env (DAGSTER_HOME, UNIME_HOME for this checkout), .dagster_home/dagster.yaml -> ./dagster.yaml, .unime/mlflow/;
+# `init` alone (no reinstall) is what tests/e2e/test_fresh_clone.py runs in its copy of the checkout.
 install: $(STAMP)
+	@$(BIN)/unime-assets init
 
-dagster-home:
-	mkdir -p $(DAGSTER_HOME) $(UNIME_HOME)/mlflow
-	ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+init:
+	@$(BIN)/unime-assets init
 
-demo: install dagster-home
+demo: install
 	@start=$$(date +%s); \
 	$(BIN)/unime-assets build-default --size demo; \
 	$(BIN)/unime-assets materialize; \
@@ -52,7 +56,8 @@ demo: install dagster-home
 test: install
 	$(BIN)/python -m pytest
 
-ui: install dagster-home
+ui: install
+	@echo "Dagster: http://127.0.0.1:3000   MLflow: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	@trap 'kill 0' EXIT INT TERM; \
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port 5000 & \
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
@@ -61,4 +66,4 @@ lint: install
 	$(BIN)/ruff check unime_assets tests
 
 clean:
-	rm -rf $(UNIME_HOME) $(DAGSTER_HOME)
+	rm -rf $(UNIME_HOME) $(DAGSTER_HOME) .env

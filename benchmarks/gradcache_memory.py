@@ -10,8 +10,17 @@ many small GradCache chunks are not dominated by thread synchronisation on a sha
 Reported per configuration:
 
 - `peak`: the process's peak RSS during the second step;
+- `step GFLOP` and its fraction of the fp32 matmul peak (measured in the worker, one thread): 2 FLOPs
+  per weight per token forward, 4 backward, 2 more for GradCache's no-grad forward, on unpadded tokens;
 - `step`: that peak minus the RSS before the step, i.e. what the step itself allocates
-  (activations, representations, gradients in flight).
+  (activations, representations, gradients in flight). It needs the peak reset: without it VmHWM is
+  the peak since start and `step` would be meaningless, so the script fails when a reset did not happen.
+
+GradCache must not change the training: each configuration's losses and gradient norms of both steps
+are compared with the plain backward at the same batch (relative 1e-3; the order of float32 sums
+differs) and the script exits 1 when they differ. It ends with
+
+    RESULT gradcache: ratio X peak step allocation batch 64 / batch 8 with GradCache (chunk 2)
 
     .venv/bin/python benchmarks/gradcache_memory.py            # batches 8 and 64, chunk 2 vs off
     .venv/bin/python benchmarks/gradcache_memory.py --batches 8 32 --chunk 4 --home /path/to/embedded
@@ -32,6 +41,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _status_kib(field: str) -> int:
@@ -87,24 +98,57 @@ def worker(home: Path, batch: int, chunk: int, k: int) -> dict:
     marks: dict[str, float] = {}
 
     def log(step: int, metrics: dict[str, float]) -> None:
+        marks[f"loss_{step}"], marks[f"grad_norm_{step}"] = metrics["loss"], metrics["grad_norm"]
         if step == 0:  # everything but the step itself is resident now
             marks["reset"] = _reset_peak()
             marks["before_kib"] = _status_kib("VmRSS")
-            marks["t0"] = time.perf_counter()
+            marks["t0"], marks["c0"] = time.perf_counter(), time.process_time()
         else:
             marks["peak_kib"] = _status_kib("VmHWM")
             marks["seconds"] = time.perf_counter() - marks["t0"]
+            marks["cpu_seconds"] = time.process_time() - marks["c0"]
 
     with tempfile.TemporaryDirectory() as out:
         train_embedder(settings.embedder_base.path, examples, settings.train_image_root, Path(out) / "ckpt",
                        cfg, gradcache_chunk=chunk, log=log)  # fmt: skip
     sequences = batch * (k + 2)
+    # FLOPs of the step: 2 per weight per token forward, twice that backward, plus GradCache's extra
+    # no-grad forward; tokens counted without padding (a lower bound), weights without the embeddings.
+    from peak import measure_peak
+
+    from unime_assets.models.encoding import ImageLoader, embed_inputs
+    from unime_assets.models.loading import load_model
+
+    lm = load_model(settings.embedder_base.path, role="embedder")
+    weights = sum(p.numel() for p in lm.model.parameters()) - lm.model.get_input_embeddings().weight.numel()
+    loader = ImageLoader(settings.train_image_root)
+    tokens = sum(int(embed_inputs([e.query, *e.candidates], lm.processor, loader, lm.image_token)["attention_mask"].sum())
+                 for e in examples)  # fmt: skip
+    flops = 2.0 * weights * tokens * (4 if chunk else 3)
+    peak = measure_peak(size=1024, k=1024)
     return {"batch": batch, "chunk": chunk, "sequences": sequences, "peak_mib": marks["peak_kib"] / 1024,
             "step_mib": (marks["peak_kib"] - marks["before_kib"]) / 1024, "step_seconds": marks["seconds"],
-            "peak_reset": bool(marks["reset"])}  # fmt: skip
+            "step_cpu_seconds": marks["cpu_seconds"], "step_gflop": flops / 1e9,
+            "peak_fraction": flops / marks["cpu_seconds"] / peak.flops_per_cpu_s,
+            "peak_reset": bool(marks["reset"]),
+            "train": [marks["loss_0"], marks["grad_norm_0"], marks["loss_1"], marks["grad_norm_1"]]}  # fmt: skip
 
 
-def main() -> None:
+def check(results: list[dict], batches: list[int], chunk: int) -> list[str]:
+    """What makes the run invalid: a missing peak reset, or GradCache training differently from plain."""
+    failures = []
+    if not all(r["peak_reset"] for r in results):
+        failures.append("the peak-RSS reset (/proc/self/clear_refs) did not happen: step allocations are not measured")
+    for batch in batches:  # GradCache is exact: same losses and gradient norms as the plain backward
+        plain = next(r for r in results if r["chunk"] == 0 and r["batch"] == batch)["train"]
+        cached = next(r for r in results if r["chunk"] == chunk and r["batch"] == batch)["train"]
+        if not all(abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(plain, cached, strict=True)):
+            failures.append(f"batch {batch}: GradCache {cached} differs from the plain backward {plain} "
+                            "(loss, grad norm of steps 1 and 2)")  # fmt: skip
+    return failures
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--home", type=Path, help="embedded default home (default: build a reduced one)")
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 64])
@@ -114,8 +158,8 @@ def main() -> None:
     ap.add_argument("--worker", nargs=3, type=int, metavar=("BATCH", "CHUNK", "K"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.home, *args.worker)), flush=True)
-        return
+        print("WORKER " + json.dumps(worker(args.home, *args.worker)), flush=True)
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         home = args.home
@@ -131,20 +175,21 @@ def main() -> None:
                        "--worker", str(batch), str(chunk), str(args.k)]  # fmt: skip
                 env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("WORKER ")]
                 if proc.returncode != 0 or not lines:
                     raise SystemExit(f"worker {batch}/{chunk} failed:\n{proc.stderr[-4000:]}")
-                res = json.loads(lines[-1][len("RESULT ") :])
+                res = json.loads(lines[-1][len("WORKER ") :])
                 results.append(res)
                 print(json.dumps(res), flush=True)
 
     print(f"\none embedder step, tiny Qwen2-VL, k={args.k} (each query: query + positive + k negatives), CPU")
-    print("| GradCache | batch | sequences | peak RSS MiB | step alloc MiB | step s |")
-    print("|---|---|---|---|---|---|")
+    print("| GradCache | batch | sequences | peak RSS MiB | step alloc MiB | step s | step CPU s | step GFLOP "
+          "| fp32 peak fraction (CPU) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         gc = f"chunk {r['chunk']}" if r["chunk"] else "off"
         print(f"| {gc} | {r['batch']} | {r['sequences']} | {r['peak_mib']:.0f} | {r['step_mib']:.0f} | "
-              f"{r['step_seconds']:.1f} |")  # fmt: skip
+              f"{r['step_seconds']:.1f} | {r['step_cpu_seconds']:.1f} | {r['step_gflop']:.1f} | {r['peak_fraction']:.3f} |")  # fmt: skip
     lo, hi = min(args.batches), max(args.batches)
     for chunk in (0, args.chunk):
         a = next(r for r in results if r["chunk"] == chunk and r["batch"] == lo)
@@ -154,7 +199,15 @@ def main() -> None:
               f"step alloc {b['step_mib'] / max(a['step_mib'], 1e-9):.2f}x")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    failures = check(results, args.batches, args.chunk)
+    for f in failures:
+        print("FAILED:", f)
+    a = next(r for r in results if r["chunk"] == args.chunk and r["batch"] == lo)
+    b = next(r for r in results if r["chunk"] == args.chunk and r["batch"] == hi)
+    print(f"RESULT gradcache: ratio {b['step_mib'] / max(a['step_mib'], 1e-9):.2f} peak step allocation batch {hi} / "
+          f"batch {lo} with GradCache (chunk {args.chunk}); peak RSS {b['peak_mib']:.0f} / {a['peak_mib']:.0f} MiB")  # fmt: skip
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,15 +15,15 @@ PKG = Path(__file__).resolve().parents[1] / "unime_assets"
 
 # Lowest first. A module may import its own component, or any component of a lower layer.
 LAYERS: list[set[str]] = [
-    {"openblas", "io"},
+    {"openblas", "io", "quiet"},
     {"data"},
-    {"fingerprints", "config", "tracking"},
+    {"fingerprints", "config", "tracking", "project_env"},
     {"models"},
     {"retrieval", "judging", "mining", "losses"},  # stages 1-4: independent of each other
     {"reranking"},  # stage 5 (its prompts reuse the judge's layout)
     {"training"},  # stages 4-5
     {"evaluation"},  # stage 6
-    {"ablation"},
+    {"ablation", "maintenance"},
     {"embedded"},
     {"defs"},  # the Dagster layer
     {"definitions"},  # the code location

@@ -11,16 +11,44 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from unime_assets.data.catalog import check_subsets, get_catalog
 
 
+class SettingsError(ValueError):
+    """A settings profile that cannot run: the message names each setting (and path) at fault."""
+
+
+# Range rules: (operator, bound). Written as a table per section, beside the fields, so that every
+# out-of-range value of a profile is reported at once, before a run starts.
+Range = tuple[Literal[">", ">=", "<", "<="], float]
+_OPS = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
+    ranges: ClassVar[dict[str, tuple[Range, ...]]] = {}
+
+    @model_validator(mode="after")
+    def _in_range(self):
+        errors = []
+        rules: dict[str, tuple[Range, ...]] = {}
+        for cls in reversed(type(self).__mro__):  # a subclass adds to (or overrides) its parent's rules
+            rules.update(vars(cls).get("ranges", {}))
+        for name, checks in rules.items():
+            value = getattr(self, name)
+            if value is None:  # optional settings (None = off / automatic) have no range
+                continue
+            for op, bound in checks:
+                if not _OPS[op](float(value), float(bound)):
+                    errors.append(f"{name} must be {op} {bound:g}, got {value!r}")
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
 
 
 class ModelSource(Strict):
@@ -29,6 +57,8 @@ class ModelSource(Strict):
 
 
 class LoraConfig(Strict):
+    ranges = {"r": ((">=", 1),), "alpha": ((">", 0),), "dropout": ((">=", 0), ("<", 1))}
+
     enabled: bool = True
     r: int = 16
     alpha: int = 64
@@ -54,6 +84,39 @@ class RerankerLoraConfig(LoraConfig):
     )
     # Official: LoRA on the language model only; Qwen2.5-VL's vision MLPs share the names above.
     exclude_modules: str | None = r".*visual.*"
+
+
+ENSEMBLE = "ensemble"  # mining.judge value: train on the judge ensemble
+LEGACY_JUDGE_NAME = "judge"  # the one judge of a profile that still uses the single `judge:` setting
+
+
+class JudgeSpec(Strict):
+    """One judge of the profile's `judges` list: a local checkpoint of a supported family.
+
+    With `bootstrap.enabled` (embedded default) `path` is the tiny base that `judge_model/<name>`
+    trains; otherwise it is the judge itself."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")  # asset key part: judge_scores/<name>
+    path: str | None = None
+    # config.json `model_type`; "auto": read from the checkpoint. Supported: models/families.py.
+    family: Literal["auto", "qwen2_vl", "qwen2_5_vl", "internvl"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    backend: Literal["hf", "vllm"] | None = None  # None: judging.backend
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> JudgeSpec:
+        if self.name == ENSEMBLE:
+            raise ValueError(f"judge name {ENSEMBLE!r} is reserved for the judge ensemble")
+        return self
+
+
+
+class EnsembleSettings(Strict):
+    """How `judge_ensemble` combines the judges' scores (judging/ensemble.py has each rule)."""
+
+    rule: Literal["mean_prob", "mean_logit", "rank_mean", "auc_weighted"] = "mean_prob"
+    judges: list[str] | None = None  # None: every judge of the profile
 
 
 class RetrievalSettings(Strict):
@@ -92,6 +155,10 @@ class JudgeSettings(Strict):
 class MiningSettings(Strict):
     """Hard-negative strategy and its parameters (see unime_assets/mining.py for each rule and its source)."""
 
+    # Judge scores are probabilities: beta >= 1 filters every candidate (all random fallback), a
+    # negative beta keeps candidates scored above the positive (no false-negative filter).
+    ranges = {"beta": ((">=", 0), ("<", 1)), "tau": ((">", 0), ("<=", 1)), "margin": ((">=", 0), ("<", 1))}
+
     strategy: Literal[
         "unime_v2", "topk_abs", "topk_margin_pos", "topk_perc_pos", "rank_window", "top", "random"
     ] = "unime_v2"
@@ -106,10 +173,16 @@ class MiningSettings(Strict):
     window_start: int = Field(30, ge=0)  # rank_window: B3 skips ranks < 30 ...
     window_size: int = Field(100, ge=1)  # ... and uses the next 100
     seed: int = 0
+    # Whose scores mining and training read: a judge's name, or "ensemble"; None: the first judge.
+    judge: str | None = None
 
 
 class BootstrapSettings(Strict):
     """Embedded default only: brief training that stands in for pretrained retriever / judge."""
+
+    ranges = {"retriever_steps": ((">=", 1),), "retriever_batch_size": ((">=", 1),), "retriever_lr": ((">", 0),),
+              "retriever_temperature": ((">", 0),), "judge_steps": ((">=", 1),), "judge_batch_size": ((">=", 1),),
+              "judge_lr": ((">", 0),)}  # fmt: skip
 
     enabled: bool = False
     retriever_steps: int = 150
@@ -124,6 +197,9 @@ class BootstrapSettings(Strict):
 class TrainSettings(Strict):
     """What every DeepSpeed training loop shares. Defaults follow the official embedder script
     (Embedding/shells/training/train_qwen2vl.sh) and the HF Trainer defaults it runs under."""
+
+    ranges = {"steps": ((">=", 1),), "batch_size": ((">=", 1),), "grad_accum": ((">=", 1),), "lr": ((">", 0),),
+              "warmup_steps": ((">=", 0),)}  # fmt: skip
 
     steps: int | None = 2000  # optimizer steps (HF max_steps); None: `epochs` passes over the training set
     epochs: float = Field(1.0, gt=0)  # used only when steps is None (HF num_train_epochs)
@@ -169,6 +245,8 @@ RERANK_MAX_PIXELS = 300 * 28 * 28
 
 
 class EmbedderSettings(TrainSettings):
+    ranges = {"temperature": ((">", 0),), "k_negatives": ((">=", 1),)}
+
     gradcache_chunk: int = Field(2, ge=0)  # sequences per GradCache chunk (paper: 2); 0: plain backward
     k_negatives: int = 8
     temperature: float = 0.02
@@ -213,9 +291,28 @@ class ValidationSettings(Strict):
     file/row/field, or quarantine them into a side table. Quarantining eval rows changes a subset's
     denominator, hence `fail` by default there."""
 
+    ranges = {"max_text_chars": ((">=", 1),)}
+
     train_policy: Literal["fail", "quarantine"] = "quarantine"
     eval_policy: Literal["fail", "quarantine"] = "fail"
-    check_images: Literal["none", "exists", "open"] = "exists"
+    # verify: the file exists and its header and structure read (PNG chunks and CRCs, a JPEG's end
+    # marker) without decoding pixels; open: also decodes it (slower); exists: the path only.
+    check_images: Literal["none", "exists", "verify", "open"] = "verify"
+    # A longer query or target text is a finding: one 10 MB text would make a 6 GB batch.
+    max_text_chars: int = 16_384
+
+
+class MaintenanceSettings(Strict):
+    """Garbage collection of the artifacts (unime_assets/maintenance.py): stale judge shards, orphan
+    temporary files, cache namespaces of retrained checkpoints. `collect_garbage`: `judge_scores`
+    removes its partition's stale shards and `candidate_index` the rest after each success
+    (`unime-assets recover` does the same by hand)."""
+
+    ranges = {"tmp_age_hours": ((">", 0),), "cache_idle_days": ((">", 0),)}
+
+    collect_garbage: bool = True
+    tmp_age_hours: float = 6.0  # a temporary file this old has no live writer
+    cache_idle_days: float = 30.0  # cache namespaces / reranked subsets unused this long go
 
 
 class TrainingDataSettings(Strict):
@@ -237,6 +334,10 @@ class TrainingDataSettings(Strict):
 
 
 class EvalSettings(Strict):
+    ranges = {"batch_size": ((">=", 1),), "image_size": ((">=", 1),), "rerank_top_k": ((">=", 1),),
+              "rerank_batch_size": ((">=", 1),), "rerank_max_pixels": ((">=", 1),),
+              "rerank_max_new_tokens": ((">=", 1),), "promote_min_gain": ((">=", 0),)}  # fmt: skip
+
     batch_size: int = 32
     image_size: int | None = 1344  # the published setting resizes every image to 1344x1344
     rerank: bool = True
@@ -274,19 +375,26 @@ class Settings(Strict):
     eval_subsets: list[str] | None = None
     max_per_subset: int | None = 50_000  # the VLM2Vec cap that gives UniME-V2's 662K pairs
     retriever: ModelSource
-    judge: ModelSource
+    # Judges: a named list (`judges`), or the single `judge` of older profiles (named "judge"). After
+    # validation `judge` mirrors the first judge, for code that reads one judge.
+    judges: list[JudgeSpec] = Field(default_factory=list)
+    judge: ModelSource | None = None
     embedder_base: ModelSource
     reranker_base: ModelSource = Field(default_factory=ModelSource)  # empty: start from the judge
     artifacts_root: Path
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     judging: JudgeSettings = Field(default_factory=JudgeSettings)
     mining: MiningSettings = Field(default_factory=MiningSettings)
+    ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings)
     bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     reranker: RerankerSettings = Field(default_factory=RerankerSettings)
     training_data: TrainingDataSettings = Field(default_factory=TrainingDataSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+
+    ranges = {"max_per_subset": ((">=", 1),)}
 
     @model_validator(mode="after")
     def _known_subsets(self) -> Settings:
@@ -295,6 +403,77 @@ class Settings(Strict):
             check_subsets(self.train_subsets, train, f"{self.catalog} train")
         if self.eval_subsets is not None:
             check_subsets(self.eval_subsets, evals, f"{self.catalog} eval")
+        return self
+
+    @model_validator(mode="after")
+    def _judges(self) -> Settings:
+        if not self.judges:
+            if self.judge is None:
+                raise ValueError("settings: configure `judges` (a list of named judges) or a single `judge`")
+            self.judges = [JudgeSpec(name=LEGACY_JUDGE_NAME, path=self.judge.path,
+                                     trust_remote_code=self.judge.trust_remote_code)]  # fmt: skip
+        elif self.judge is not None and self.judge.path not in (None, self.judges[0].path):
+            raise ValueError("settings: set either `judges` or the single `judge`, not both")
+        first = self.judges[0]
+        self.judge = ModelSource(path=first.path, trust_remote_code=first.trust_remote_code)
+        names = [j.name for j in self.judges]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"settings: judge name(s) {dup} appear more than once in `judges`")
+        if self.mining.judge is not None and self.mining.judge not in [*names, ENSEMBLE]:
+            raise ValueError(f"mining.judge: {self.mining.judge!r} is neither a judge of this profile {names} "
+                             f"nor {ENSEMBLE!r}")  # fmt: skip
+        if unknown := sorted(set(self.ensemble.judges or []) - set(names)):
+            raise ValueError(f"ensemble.judges: unknown judge(s) {unknown}; the profile has {names}")
+        return self
+
+    @property
+    def judge_names(self) -> list[str]:
+        return [j.name for j in self.judges]
+
+    @property
+    def ensemble_judges(self) -> list[str]:
+        return self.ensemble.judges or self.judge_names
+
+    @property
+    def mining_judge(self) -> str:
+        """Whose scores mining reads: a judge's name or "ensemble" (default: the first judge)."""
+        return self.mining.judge or self.judges[0].name
+
+    def judge_variants(self) -> dict[str, dict]:
+        """The judge comparison (paper Table 5) as ablation variants: `judge:<name>` for every judge and
+        `judge:ensemble`, each the settings overrides that train the embedder on those scores."""
+        return {f"judge:{n}": {"mining": {"judge": n}} for n in [*self.judge_names, ENSEMBLE]}
+
+    def judge_spec(self, name: str) -> JudgeSpec:
+        for j in self.judges:
+            if j.name == name:
+                return j
+        raise ValueError(f"judge {name!r} is not in the settings profile {self.profile!r} (judges: {self.judge_names}); "
+                         "the code location was loaded with another settings file: point UNIME_SETTINGS at the same file")  # fmt: skip
+
+    def judge_checkpoint(self, name: str) -> Path:
+        """Where judge `name` is: bootstrapped under the artifacts root (embedded), else its configured path."""
+        spec = self.judge_spec(name)
+        if self.bootstrap.enabled:
+            return self.asset_dir("judge_model") / name
+        if not spec.path:
+            raise ValueError(f"settings: the path of judge {name!r} (`judges[].path`, or `judge.path` for a single "
+                             "judge) is required when bootstrap is disabled")  # fmt: skip
+        return Path(spec.path)
+
+    @model_validator(mode="after")
+    def _consistent_sections(self) -> Settings:
+        """Rules between sections: each would otherwise silently repeat negatives."""
+        errors = []
+        m, top_k = self.mining, self.retrieval.top_k
+        if m.strategy in ("unime_v2", "topk_abs", "topk_margin_pos", "topk_perc_pos", "top") and m.n_negatives > top_k:
+            errors.append(f"mining.n_negatives ({m.n_negatives}) must be <= retrieval.top_k ({top_k}): "
+                          "the pool has too few candidates, negatives would repeat")  # fmt: skip
+        if self.training_data.source == "mined" and self.embedder.k_negatives > m.n_negatives:
+            errors.append(f"embedder.k_negatives ({self.embedder.k_negatives}) must be <= mining.n_negatives "
+                          f"({m.n_negatives})")  # fmt: skip
+        if errors:
+            raise ValueError("\n".join(errors))
         return self
 
     @property
@@ -323,11 +502,35 @@ class Settings(Strict):
 
     @property
     def judge_path(self) -> Path:
-        return self.asset_dir("judge_model") if self.bootstrap.enabled else _required(self.judge, "judge")
+        """The first judge's checkpoint (the reranker's default base)."""
+        return self.judge_checkpoint(self.judges[0].name)
 
     @property
     def reranker_base_path(self) -> Path:
         return Path(self.reranker_base.path) if self.reranker_base.path else self.judge_path
+
+    def remote_code_paths(self) -> list[Path]:
+        """Checkpoints whose own code may run: each source with `trust_remote_code` and what is trained
+        from it (bootstrapped models, trained outputs, their registry downloads). Every loader reads
+        this one list (models.loading.remote_code_allowed); nothing else is trusted."""
+        out: list[Path] = []
+
+        def add(trust: bool, path: str | None, *derived: Path) -> None:
+            if trust:
+                out.extend([*([Path(path)] if path else []), *derived])
+
+        registry = self.asset_dir("registry_models")
+        add(self.retriever.trust_remote_code, self.retriever.path, self.asset_dir("retriever_model"))
+        for i, j in enumerate(self.judges):
+            derived = [self.asset_dir("judge_model") / j.name]
+            if i == 0 and not self.reranker_base.path:  # the reranker starts from the first judge
+                derived += [self.asset_dir("reranker_checkpoint"), registry / "unime-v2-reranker"]
+            add(j.trust_remote_code, j.path, *derived)
+        add(self.embedder_base.trust_remote_code, self.embedder_base.path, self.asset_dir("embedder_checkpoint"),
+            registry / "unime-v2-embedder")
+        add(self.reranker_base.trust_remote_code, self.reranker_base.path, self.asset_dir("reranker_checkpoint"),
+            registry / "unime-v2-reranker")
+        return out
 
 
 def _required(src: ModelSource, role: str) -> Path:
@@ -358,8 +561,23 @@ def load_settings(path: str | os.PathLike, overrides: dict | None = None) -> Set
         raise ValueError(f"{p}: expected a mapping at the top level")
     try:
         return Settings.model_validate(_deep_merge(raw, overrides or {}))
-    except Exception as exc:  # pydantic's message names the field; add the file
-        raise ValueError(f"invalid settings in {p}: {exc}") from exc
+    except ValidationError as exc:  # one line per setting at fault, no pydantic internals
+        raise SettingsError(f"invalid settings in {p}:\n" + format_errors(exc)) from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    """One line per problem, each starting with the setting's dotted name."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"])
+        if err["type"] != "value_error":  # type, literal, missing, extra key: pydantic names the field
+            lines.append(f"  {where or 'settings'}: {err['msg']} (got {err.get('input')!r:.80})")
+            continue
+        for part in err["msg"].removeprefix("Value error, ").split("\n"):
+            # a section's rule names its own field ("steps must be ..."); other rules name the full path
+            named = "." in part.split(" ", 1)[0] or not where
+            lines.append(f"  {part}" if named else f"  {where}.{part}")
+    return "\n".join(lines)
 
 
 def unime_home() -> Path:

@@ -8,10 +8,13 @@ import os
 import dagster as dg
 
 from unime_assets.defs import checks
-from unime_assets.defs.assets import data, evaluation, mining, models, training
+from unime_assets.defs.assets import data, evaluation, judges, mining, models, training
 from unime_assets.defs.automation import with_automation
 from unime_assets.defs.io_managers import PolarsParquetIOManager
-from unime_assets.defs.resources import MlflowResource, SettingsResource
+from unime_assets.defs.resources import MlflowResource, SettingsResource, mlflow_run_follows_step
+from unime_assets.quiet import install as quiet_logs
+
+quiet_logs()  # every Dagster process (webserver, daemon, run worker) loads this module before a step runs
 
 
 def _executor() -> dg.ExecutorDefinition:
@@ -33,9 +36,12 @@ def _executor() -> dg.ExecutorDefinition:
 
 
 def build_definitions() -> dg.Definitions:
+    assets = dg.load_assets_from_modules([data, models, judges, mining, training, evaluation])
+    # a step that fails after its MLflow run ended (the table write) marks that run FAILED
+    assets = [a.with_attributes(hook_defs={mlflow_run_follows_step}) for a in assets]
     return with_automation(
         dg.Definitions(
-            assets=dg.load_assets_from_modules([data, models, mining, training, evaluation]),
+            assets=assets,
             asset_checks=dg.load_asset_checks_from_modules([checks]),
             resources={
                 "settings": SettingsResource(),

@@ -7,7 +7,7 @@ them through exactly the code paths used for real MMEB folders and real checkpoi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -16,6 +16,10 @@ from unime_assets.io import atomic_path
 from unime_assets.judging import PAIRWISE_PROMPT
 from unime_assets.reranking import LISTWISE_PROMPT
 
+# The embedded judges: name -> (tiny model family, checkpoint folder under models/). Each is
+# bootstrapped by its own `judge_model/<name>` asset with the same Yes/No SFT.
+EMBEDDED_JUDGES = {"qwen25vl": ("qwen2_5_vl", "tiny-qwen2.5-vl"), "internvl3": ("internvl", "tiny-internvl3")}
+
 
 @dataclass(frozen=True)
 class EmbeddedSize:
@@ -23,6 +27,7 @@ class EmbeddedSize:
     n_eval: int
     n_candidates: int
     overrides: dict
+    judges: tuple[str, ...] = ("qwen25vl",)
 
 
 # `demo` is what `make demo` builds; `test` is the reduced default the end-to-end test runs.
@@ -67,6 +72,11 @@ SIZES: dict[str, EmbeddedSize] = {
 }
 
 
+# `ablation`: the demo with a second judge of another family (a tiny InternVL3), for the judge
+# comparison (Table 5); kept out of the demo, whose time it would raise by a second judge bootstrap.
+SIZES["ablation"] = replace(SIZES["demo"], judges=("qwen25vl", "internvl3"))
+
+
 # Fixed chat phrases that become single tokens of the tiny tokenizer (see models.tiny.build_tokenizer).
 TOKENIZER_PHRASES = [PAIRWISE_PROMPT, LISTWISE_PROMPT, "Query:", "Candidate:", "Candidates:",
                      "You are a helpful assistant."]  # fmt: skip
@@ -78,10 +88,12 @@ def tokenizer_corpus(texts: list[str]) -> list[str]:
     return texts + answers + ["system\n", "user\n", "assistant\n"] * 50
 
 
-def build_embedded_default(home: str | Path, size: str = "demo", *, seed: int = 0) -> Path:
+def build_embedded_default(home: str | Path, size: str = "demo", *, seed: int = 0,
+                           judges: tuple[str, ...] | None = None) -> Path:  # fmt: skip
     """Write data, tiny base checkpoints and `settings.yaml` under `home`; returns the settings path.
 
-    Idempotent: existing data with the same parameters and existing checkpoints are kept.
+    `judges` (names of EMBEDDED_JUDGES) overrides the size's judges. Idempotent: existing data with the
+    same parameters and existing checkpoints are kept.
     """
     from unime_assets.data.synthetic import corpus_texts, generate
     from unime_assets.models.tiny import build_tiny_checkpoint, build_tokenizer
@@ -89,14 +101,22 @@ def build_embedded_default(home: str | Path, size: str = "demo", *, seed: int = 
     if size not in SIZES:
         raise ValueError(f"unknown embedded size {size!r}; expected one of {sorted(SIZES)}")
     spec = SIZES[size]
+    judges = tuple(judges or spec.judges)
+    if unknown := sorted(set(judges) - set(EMBEDDED_JUDGES)):
+        raise ValueError(f"unknown embedded judge(s) {unknown}; expected some of {sorted(EMBEDDED_JUDGES)}")
     home = Path(home).resolve()
     layout = generate(home / "data", n_train=spec.n_train, n_eval=spec.n_eval, n_candidates=spec.n_candidates, seed=seed)
     models_dir = home / "models"
     qwen2vl, qwen25vl = models_dir / "tiny-qwen2-vl", models_dir / "tiny-qwen2.5-vl"
-    if not (qwen2vl / "config.json").exists() or not (qwen25vl / "config.json").exists():
+    tiny_judges = {name: models_dir / EMBEDDED_JUDGES[name][1] for name in judges}
+    if not all((p / "config.json").exists() for p in [qwen2vl, qwen25vl, *tiny_judges.values()]):
         tok = build_tokenizer(tokenizer_corpus(corpus_texts(layout)), phrases=TOKENIZER_PHRASES)
-        build_tiny_checkpoint(qwen2vl, tok, family="qwen2_vl", seed=seed)
-        build_tiny_checkpoint(qwen25vl, tok, family="qwen2_5_vl", seed=seed + 1)
+        if not (qwen2vl / "config.json").exists() or not (qwen25vl / "config.json").exists():
+            build_tiny_checkpoint(qwen2vl, tok, family="qwen2_vl", seed=seed)
+            build_tiny_checkpoint(qwen25vl, tok, family="qwen2_5_vl", seed=seed + 1)
+        for i, (name, path) in enumerate(tiny_judges.items()):
+            if not (path / "config.json").exists():  # the same BPE; its family's tokens and template
+                build_tiny_checkpoint(path, tok, family=EMBEDDED_JUDGES[name][0], seed=seed + 2 + i)
     settings = {
         "profile": f"embedded-{size}",
         "catalog": "synthetic",
@@ -107,7 +127,7 @@ def build_embedded_default(home: str | Path, size: str = "demo", *, seed: int = 
         "max_per_subset": None,
         # Stand-ins for VLM2Vec (retriever) and Qwen2.5-VL-7B (judge), bootstrapped by their assets.
         "retriever": {"path": str(qwen2vl)},
-        "judge": {"path": str(qwen25vl)},
+        "judges": [{"name": name, "path": str(path)} for name, path in tiny_judges.items()],
         "embedder_base": {"path": str(qwen2vl)},
         "artifacts_root": str(home / "assets"),
         **spec.overrides,

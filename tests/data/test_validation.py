@@ -42,12 +42,19 @@ def write(root: Path, subset: str, rows: list[dict], schema: pa.Schema, name: st
     return p
 
 
+def slot(text: str, image: str) -> str:
+    """The text as MMEB writes it: with the `<|image_1|>` slot its image needs (blank text: image only)."""
+    return text if not image or not text.strip() or v.PLACEHOLDER in text else f"{v.PLACEHOLDER}\n{text}"
+
+
 def trow(q: str = "<|image_1|>\nq\n", qi: str = IMG, p: str = "a", pi: str = "") -> dict:
-    return {"qry": q, "qry_image_path": qi, "pos_text": p, "pos_image_path": pi}
+    return {"qry": slot(q, qi), "qry_image_path": qi, "pos_text": slot(p, pi), "pos_image_path": pi}
 
 
 def erow(q: str = "<|image_1|>\nq\n", qi: str = EIMG, tt=("a", "b", "c"), ti=("", "", "")) -> dict:
-    return {"qry_text": q, "qry_img_path": qi, "tgt_text": tt if tt is None else list(tt),
+    if tt is not None and ti is not None and len(tt) == len(ti):
+        tt = [slot(t, i) for t, i in zip(tt, ti, strict=True)]
+    return {"qry_text": slot(q, qi), "qry_img_path": qi, "tgt_text": tt if tt is None else list(tt),
             "tgt_img_path": ti if ti is None else list(ti)}  # fmt: skip
 
 
@@ -205,10 +212,11 @@ def test_train_quarantine_returns_clean_rows_and_counts(root: Path) -> None:
     df = load_train(root, ["S"], provenance=True, dedup=False)
     res = v.validate_train(df, root, policy="quarantine")
     assert res.clean.columns == LOAD_TRAIN_COLUMNS  # provenance stripped: the mmeb_train contract
-    assert res.clean["qry"].to_list() == ["a\n", "f\n"]
+    assert res.clean["qry"].to_list() == [slot("a\n", IMG), slot("f\n", IMG)]
     assert res.counts == {
         "rows": 7, "clean": 2, "quarantined": 5, "findings": 6, "empty_query": 2, "empty_positive": 1,
-        "duplicate": 1, "missing_image": 1, "image_outside_root": 1, "unreadable_image": 0,
+        "duplicate": 1, "invalid_utf8": 0, "text_too_long": 0, "placeholder_mismatch": 0, "missing_image": 1,
+        "image_outside_root": 1, "unreadable_image": 0,
     }  # fmt: skip
     q = res.quarantine
     assert q.columns == list(v.FINDINGS_SCHEMA) and q.schema == pl.Schema(v.FINDINGS_SCHEMA)

@@ -24,7 +24,7 @@ A, B, C = TRAIN_SUBSETS[:3]
 def test_jobs_select_the_stages_with_retries_and_time_limits():
     expected = {
         "ingest_train": {"mmeb_train"},
-        "mine": {"candidate_pool", "judge_scores", "mined_negatives"},
+        "mine": {"candidate_pool", "judge_scores/qwen25vl", "judge_ensemble", "mined_negatives"},
         "train": {"training_set", "embedder_checkpoint", "reranker_checkpoint"},
     }
     for name, keys in expected.items():
@@ -38,8 +38,9 @@ def test_jobs_select_the_stages_with_retries_and_time_limits():
     assert defs.resolve_job_def("mine").partitions_def.get_partition_keys() == TRAIN_SUBSETS
     graph = defs.resolve_asset_graph()
     automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
-    assert automated == {"candidate_index", "candidate_pool", "judge_scores", "mined_negatives"}
-    assert graph.get(dg.AssetKey("judge_scores")).pools == {"gpu"}
+    assert automated == {"candidate_index", "candidate_pool", "judge_scores/qwen25vl", "judge_ensemble",
+                         "mined_negatives"}  # fmt: skip
+    assert graph.get(dg.AssetKey(["judge_scores", "qwen25vl"])).pools == {"gpu"}
 
 
 def test_instance_config_enables_retries_monitoring_and_the_gpu_pool():
@@ -188,9 +189,14 @@ def test_sensor_requests_one_evaluation_per_new_embedder_version(tmp_path):
 # --- declarative automation -----------------------------------------------------------------------
 
 
+# One judge in the embedded default: its judge_model / judge_scores assets and the ensemble.
+JUDGE_MODEL = "judge_model/qwen25vl"
+MINING = ("candidate_pool", "judge_scores/qwen25vl", "judge_ensemble", "mined_negatives")
+
+
 def _report(instance, name: str, partitions=(None,)) -> None:
     for p in partitions:
-        instance.report_runless_asset_event(dg.AssetMaterialization(name, partition=p))
+        instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey.from_user_string(name), partition=p))
 
 
 def _requested(result) -> dict[str, set]:
@@ -202,9 +208,9 @@ def test_changed_train_partition_rebuilds_the_index_then_remines_materialized_pa
     with dg.instance_for_test() as instance:
         _report(instance, "mmeb_train", [A, B])
         _report(instance, "mmeb_eval", ["SynColor"])
-        for name in ("retriever_model", "judge_model", "candidate_index"):
+        for name in ("retriever_model", JUDGE_MODEL, "candidate_index"):
             _report(instance, name)
-        for name in ("candidate_pool", "judge_scores", "mined_negatives"):
+        for name in MINING:
             _report(instance, name, [A, B])
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         assert result.total_requested == 0  # everything is current
@@ -217,11 +223,9 @@ def test_changed_train_partition_rebuilds_the_index_then_remines_materialized_pa
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
         # every subset that was read is (re-)mined: cand_ids were renumbered and C is new; the others
         # (never read) stay untouched
-        assert _requested(result) == {
-            n: {A, B, C} for n in ("candidate_pool", "judge_scores", "mined_negatives")
-        }
+        assert _requested(result) == {n: {A, B, C} for n in MINING}
 
-        for name in ("candidate_pool", "judge_scores", "mined_negatives"):
+        for name in MINING:
             _report(instance, name, [A, B, C])
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
         assert result.total_requested == 0

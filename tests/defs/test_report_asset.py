@@ -8,9 +8,11 @@ import shutil
 import dagster as dg
 import pytest
 import yaml
+from defs_helpers import nudge_weights
 from mlflow import MlflowClient
 
 EVAL = ["SynColor", "SynHue"]
+LINEAGE = {"dagster.run_id": "training-run"}  # a version registered by the training asset carries it
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +27,13 @@ def report_env(tmp_path_factory, embedded_home, tiny_qwen2vl, tiny_qwen25vl):
         shutil.copytree(src, root / "assets" / name)
     # A registered model version's files, laid out as the pyfunc model's artifacts.
     shutil.copytree(tiny_qwen2vl, root / "registered" / "artifacts" / "checkpoint")
+    # "Trained": the same small change in both copies (an untrained copy of the base is never promoted)
+    for ckpt in (root / "assets" / "embedder_checkpoint", root / "registered" / "artifacts" / "checkpoint"):
+        nudge_weights(ckpt)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     client.create_registered_model("unime-v2-embedder")
-    client.create_model_version("unime-v2-embedder", source=str(root / "registered"))
+    client.create_model_version("unime-v2-embedder", source=str(root / "registered"), tags=LINEAGE)
     client.set_registered_model_alias("unime-v2-embedder", "candidate", "1")
     return root, uri, client
 
@@ -90,7 +95,7 @@ def test_report_cache_and_promotion(report_env):
         # A run launched for a new version (the sensor's run tag) with the same weights, against a
         # champion without stored scores: both are downloaded from the registry, the champion is
         # re-evaluated, and the tie keeps it.
-        client.create_model_version("unime-v2-embedder", source=str(root / "registered"))
+        client.create_model_version("unime-v2-embedder", source=str(root / "registered"), tags=LINEAGE)
         client.set_model_version_tag("unime-v2-embedder", "1", "mmeb.scores", "{}")
         meta3, checks3 = _materialize_report(root, uri, instance, tags={"unime/embedder_version": "2"})
         decision = meta3["promotion"].value
@@ -101,7 +106,7 @@ def test_report_cache_and_promotion(report_env):
         assert str(client.get_model_version_by_alias("unime-v2-embedder", "champion").version) == "1"
         assert client.get_model_version("unime-v2-embedder", "1").tags["mmeb.scores"] != "{}"
         for version in ("1", "2"):
-            assert (root / "assets" / "registry_models" / "unime-v2-embedder" / version).is_dir()
+            assert len(list((root / "assets" / "registry_models" / "unime-v2-embedder").glob(f"{version}-*"))) == 1
         assert "mmeb.scores" in client.get_model_version("unime-v2-embedder", "2").tags
 
 

@@ -37,7 +37,7 @@ def test_embedder_and_reranker_train_from_official_scores(tmp_path, embedded_hom
         "artifacts_root": str(tmp_path / "assets"),
         "train_image_root": str(tmp_path / "images_root"),
         "training_data": {"source": "official", "official_scores_file": str(FIXTURE)},
-        "embedder": {"steps": 2}, "reranker": {"steps": 2},
+        "embedder": {"steps": 3}, "reranker": {"steps": 3},  # the first two steps run at lr 0
         # no judge_model materialized: the reranker starts from the base Qwen2.5-VL, as in the paper
         "reranker_base": {"path": str(embedded_home / "models" / "tiny-qwen2.5-vl")},
     }  # fmt: skip

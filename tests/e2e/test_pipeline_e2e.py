@@ -15,6 +15,9 @@ from mlflow import MlflowClient
 
 from unime_assets.cli import ASSETS
 
+# The embedded test default has one judge; judge_model and judge_scores have one asset per judge.
+KEYS = [f"{name}/qwen25vl" if name in ("judge_model", "judge_scores") else name for name in ASSETS]
+
 
 @pytest.mark.slow
 def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, settings):
@@ -24,10 +27,22 @@ def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, set
     cli = [sys.executable, "-m", "unime_assets.cli"]
     summary = subprocess.run([*cli, "summary"], env=env, capture_output=True, text=True, timeout=300)
     assert summary.returncode == 0, summary.stdout + summary.stderr
+    out = summary.stdout
+    # per-stage timing by job, judge and mining quality over both partitions, the MMEB table in report order,
+    # the registered versions with their aliases
+    for job in ("ingest_train", "ingest_eval", "models", "index", "mine", "train", "evaluate"):
+        assert f"\n  {job} " in out, (job, out)
+    assert "all 2 partitions" in out and "worst partition: " in out
+    mmeb = out[out.index("MMEB-format Precision@1"):]
+    assert mmeb.index("retriever") < mmeb.index("embedder (untrained base)") < mmeb.index("embedder + reranker")
+    assert "classification" in mmeb and "overall" in mmeb
+    registry = out[out.index("registered model"):]
+    for name in ("unime-v2-embedder", "unime-v2-reranker"):
+        assert f"\n  {name}  " in registry and "candidate" in registry, out
 
     with dg.DagsterInstance.from_config(str(tmp_path / "dg")) as instance:
-        for name in ASSETS:
-            event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        for name in KEYS:
+            event = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(name))
             assert event is not None, name
             assert "mlflow_run_id" in event.asset_materialization.metadata, name
         assert instance.get_materialized_partitions(dg.AssetKey("mined_negatives")) == set(TRAIN)
@@ -46,8 +61,9 @@ def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, set
     for r in runs:
         assert r.info.status == "FINISHED" and {"dagster.run_id", "dagster.partition"} <= set(r.data.tags)
         by_asset.setdefault(r.data.tags["dagster.asset_key"], set()).add(r.data.tags["dagster.partition"])
-    assert set(by_asset) == set(ASSETS)
-    assert by_asset["judge_scores"] == set(TRAIN) and by_asset["mmeb_eval"] == set(EVAL)
+    assert set(by_asset) == set(KEYS)
+    assert by_asset["judge_scores/qwen25vl"] == set(TRAIN) == by_asset["judge_ensemble"]
+    assert by_asset["mmeb_eval"] == set(EVAL)
 
     # registry versions with the `candidate` alias and lineage tags back to the training set's run
     for name in ("unime-v2-embedder", "unime-v2-reranker"):
@@ -60,8 +76,11 @@ def test_cli_backfill_of_some_partitions_feeds_the_whole_graph(materialized, set
         train, pool = pl.read_parquet(tables / "mmeb_train" / f"{p}.parquet"), pl.read_parquet(
             tables / "candidate_pool" / f"{p}.parquet"
         )
-        judge = pl.read_parquet(tables / "judge_scores" / f"{p}.parquet")
+        judge = pl.read_parquet(tables / "judge_scores" / "qwen25vl" / f"{p}.parquet")
         mined = pl.read_parquet(tables / "mined_negatives" / f"{p}.parquet")
+        # one judge: its ensemble is itself, and mining read the (default) first judge
+        assert pl.read_parquet(tables / "judge_ensemble" / f"{p}.parquet").equals(judge)
+        assert set(mined["judge"]) == {"qwen25vl"} and mined["pos_score"].to_list() == judge["pos_score"].to_list()
         assert train["pair_id"].to_list() == pool["pair_id"].to_list() == judge["pair_id"].to_list()
         assert (judge["cand_scores"].list.len() == pool["cand_ids"].list.len()).all()
         assert (mined["neg_cand_ids"].list.len() == settings.mining.n_negatives).all()

@@ -7,15 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from judge_cases import SIZES, mixed_groups, write_images
 
 from unime_assets.judging import score_pairs_plain
 from unime_assets.judging.prefix_shared import PrefixSharedJudge, length_buckets, shared_prefix_len
 from unime_assets.models.encoding import ImageLoader, Item
 from unime_assets.models.loading import load_model
-
-# Different sizes give different image grids, so M-RoPE positions after each image differ.
-SIZES = {"a.png": (40, 60), "b.png": (90, 50), "c.png": (112, 112), "d.png": (30, 30), "e.png": (120, 64)}
 
 
 @pytest.fixture(scope="module")
@@ -25,37 +22,7 @@ def judge(tiny_qwen25vl):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> ImageLoader:
-    root = tmp_path_factory.mktemp("judge_images")
-    rng = np.random.default_rng(0)
-    for name, (w, h) in SIZES.items():
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name)
-    return ImageLoader(root)
-
-
-def mixed_groups() -> list[tuple[Item, list[Item]]]:
-    """Queries with and without images; candidates text-only, image-only and both, repeated images."""
-    cands = [
-        Item("a red circle"),
-        Item("<|image_1|>\nRepresent the given image.", "a.png"),
-        Item("", "b.png"),
-        Item("two blue squares on the left side of the picture", "c.png"),
-        Item(":-) punctuation first"),
-        Item("<|image_1|>\nRepresent the given image.", "d.png"),
-        Item("green", "a.png"),
-        Item("a long caption " * 6),
-    ]
-    return [
-        (
-            Item(
-                "<|image_1|>\nRepresent the given image with the following question: What color?\n", "e.png"
-            ),
-            cands,
-        ),
-        (Item("a photo of a red circle\n"), cands[::-1]),
-        (Item("<|image_1|>\nFind a similar image.", "c.png"), cands[2:7]),
-        (Item("", "d.png"), cands[:3]),
-        (Item("<|image_1|>\nA stray placeholder on a text-only query"), [cands[4], cands[1]]),
-    ]
+    return write_images(tmp_path_factory.mktemp("judge_images"))
 
 
 def test_prefix_shared_scores_equal_a_plain_forward_per_pair(judge, images):
@@ -138,3 +105,28 @@ def test_empty_candidate_list_gives_empty_scores(judge, images):
     engine = PrefixSharedJudge(judge.model, judge.processor, images)
     out = engine.score_groups([(Item("q"), []), (Item("q"), [Item("c")])])
     assert out[0].shape == (0,) and out[1].shape == (1,)
+
+
+def test_work_counters_count_what_the_engine_ran(judge, images):
+    """The FLOP accounting the benchmarks rely on: LM tokens (padding included), lm_head rows, vision patches."""
+    groups = mixed_groups()[:3]
+    engine = PrefixSharedJudge(judge.model, judge.processor, images, batch_size=3)
+    seen = []
+    real_lm = engine._lm
+
+    def spy(emb, pos, cache):
+        seen.append((emb.shape[0], emb.shape[1], 0 if cache is None else cache.get_seq_length()))
+        return real_lm(emb, pos, cache)
+
+    engine._lm = spy
+    engine.score_groups(groups)
+    assert engine.work["tokens"] == sum(rows * width for rows, width, _ in seen)
+    # causal context: a row of `width` new tokens after `cached` ones attends cached+1 .. cached+width keys
+    assert engine.work["context"] == sum(r * (w * c + w * (w + 1) // 2) for r, w, c in seen)
+    assert engine.work["head_rows"] == sum(len(c) for _, c in groups)
+    grids = judge.processor.image_processor(
+        images=[images(p) for p in sorted({p for q, cs in groups for p in [q.image, *(c.image for c in cs)] if p})],
+        return_tensors="pt",
+    )["image_grid_thw"]
+    assert engine.cache.patches == int(grids.prod(-1).sum())
+    assert engine.cache.patches_sq == int((grids.prod(-1) ** 2).sum())

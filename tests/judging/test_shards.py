@@ -166,3 +166,29 @@ def test_content_hash_separates_fields():
     assert js.shard_bounds(5, 2) == [(0, 2), (2, 4), (4, 5)] and js.shard_bounds(0, 3) == []
     with pytest.raises(ValueError):
         js.shard_bounds(3, 0)
+
+
+def test_judge_family_and_dtype_are_part_of_every_shard_key(pool_inputs, tiny_qwen25vl, tiny_internvl, settings,
+                                                           tmp_path):  # fmt: skip
+    root, shards = settings.train_image_root, tmp_path / "shards"
+    fp, prompt = "fingerprint", judging.PAIRWISE_PROMPT
+    # the same checkpoint bytes, prompt and engine under another family never share a key
+    assert js.run_key(fp, judging.PROMPT_VERSION, prompt, "hf:float32", "qwen2_5_vl") != js.run_key(
+        fp, judging.PROMPT_VERSION, prompt, "hf:float32", "internvl"
+    )
+    run(pool_inputs, tiny_qwen25vl, root, shards)
+    events, on_shard = recorder()
+    train, candidates, pool = pool_inputs
+    other = score_candidate_pool(train, candidates, pool, str(tiny_internvl), str(root), batch_size=4,
+                                 shard_dir=shards, shard_queries=SHARD_QUERIES, progress=False,
+                                 on_shard=on_shard)  # fmt: skip
+    assert len(events) == 5 and all(computed for _, computed in events)  # nothing reused across families
+    assert other["pair_id"].to_list() == train["pair_id"].to_list()
+    families = {json.loads(p.read_text())["family"] for p in shards.glob("*.json")}
+    assert families == {"qwen2_5_vl", "internvl"}
+    events, on_shard = recorder()  # another dtype of the same judge: another key
+    score_candidate_pool(train, candidates, pool, str(tiny_internvl), str(root), batch_size=4, shard_dir=shards,
+                         shard_queries=SHARD_QUERIES, progress=False, on_shard=on_shard, dtype="bfloat16")  # fmt: skip
+    assert all(computed for _, computed in events)
+    engines = {json.loads(p.read_text())["engine"] for p in shards.glob("*.json")}
+    assert "hf:bfloat16" in engines

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from vectors import unit
 
 from unime_assets.retrieval import (
     POOL_SCHEMA,
@@ -30,10 +31,6 @@ from unime_assets.retrieval import (
     set_search_params,
     to_search_device,
 )
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def test_pool_is_global_and_deduplicated():
@@ -61,8 +58,8 @@ def _brute_force(q, c, pos_idx, k):
 
 def test_search_matches_brute_force_with_delta_rule():
     rng = np.random.default_rng(0)
-    c = _unit(rng.standard_normal((300, 16)))
-    q = _unit(rng.standard_normal((40, 16)))
+    c = unit(rng.standard_normal((300, 16)))
+    q = unit(rng.standard_normal((40, 16)))
     pos_idx = rng.integers(0, 300, size=40)
     res = search_below_positive(make_index(c), q, c[pos_idx], pos_idx, k=20, chunk=7)
     expected = _brute_force(q, c, pos_idx, 20)
@@ -76,24 +73,32 @@ def test_search_matches_brute_force_with_delta_rule():
 def test_deepening_when_many_candidates_outrank_the_positive():
     # The positive is the 200th most similar candidate: the first search depth (k + 16) is not enough.
     rng = np.random.default_rng(1)
-    q = _unit(rng.standard_normal((1, 8)))
+    q = unit(rng.standard_normal((1, 8)))
     sims_target = np.linspace(0.99, -0.99, 400)
-    basis = _unit(rng.standard_normal((400, 8)))
+    basis = unit(rng.standard_normal((400, 8)))
     basis -= (basis @ q[0])[:, None] * q[0]  # orthogonal part
-    basis = _unit(basis)
-    c = _unit(sims_target[:, None] * q[0] + np.sqrt(1 - sims_target[:, None] ** 2) * basis)
+    basis = unit(basis)
+    c = unit(sims_target[:, None] * q[0] + np.sqrt(1 - sims_target[:, None] ** 2) * basis)
     pos = np.array([199])
     res = search_below_positive(make_index(c), q, c[pos], pos, k=10)
     assert res.cand_idx[0].tolist() == list(range(200, 210))
 
 
 def test_query_with_nothing_below_its_positive_gets_no_candidates():
-    c = _unit(np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]]))
-    q = _unit(np.array([[0.0, -1.0]]))  # its positive (row 0) is already as dissimilar as any other row
+    c = unit(np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]]))
+    q = unit(np.array([[0.0, -1.0]]))  # similarities: row 0: 0, row 1: -1, row 2: -0.71
+    # Positive row 1 (-1) is the least similar row: nothing is strictly below it.
     res = search_below_positive(make_index(c), q, c[[1]], np.array([1]), k=2)
-    assert res.cand_idx[0].tolist() == [0, 2] or (res.cand_sims[0] < res.pos_sim[0]).all()
+    assert res.cand_idx[0].tolist() == [] and res.lens.tolist() == [0]
+    # Positive row 0 (0): both other rows are below it, most similar first.
     res = search_below_positive(make_index(c), q, c[[0]], np.array([0]), k=2)
-    assert all(s < res.pos_sim[0] for s in res.cand_sims[0])
+    assert res.cand_idx[0].tolist() == [2, 1]
+    # The expectations tell the δ rule apart: without it (top-k minus the positive) the first query gets
+    # rows 0 and 2, which are more similar than its positive.
+    assert _brute_force(q, c, np.array([1]), 2) == [[]]
+    sims = c @ q[0]
+    no_delta = [int(j) for j in np.argsort(-sims, kind="stable") if j != 1][:2]
+    assert no_delta == [0, 2] != res.cand_idx[0].tolist()
 
 
 # --- FAISS indexes and the chunked search ------------------------------------------------------------
@@ -111,8 +116,8 @@ def _topk_sets_match(sims_ref: np.ndarray, got_ids: np.ndarray, k: int, tol: flo
 
 def test_faiss_exact_top50_equals_brute_force():
     rng = np.random.default_rng(2)
-    c = _unit(rng.standard_normal((2000, 32)))
-    q = _unit(rng.standard_normal((300, 32)))
+    c = unit(rng.standard_normal((2000, 32)))
+    q = unit(rng.standard_normal((300, 32)))
     ref = q.astype(np.float64) @ c.astype(np.float64).T
     sims, ids = make_index(c, use_gpu=False).search(q, 50)
     assert all(_topk_sets_match(ref[i], ids[i], 50) for i in range(300))
@@ -136,8 +141,8 @@ def test_brute_force_check_can_fail():
 
 def test_ivf_with_all_lists_is_exact_and_hnsw_recall_is_high():
     rng = np.random.default_rng(3)
-    c = _unit(rng.standard_normal((3000, 16)))
-    q = _unit(rng.standard_normal((100, 16)))
+    c = unit(rng.standard_normal((3000, 16)))
+    q = unit(rng.standard_normal((100, 16)))
     ref = q.astype(np.float64) @ c.astype(np.float64).T
     ivf = build_index(c, "ivf", nlist=20, nprobe=20)
     assert ivf.nprobe == 20 and ivf.ntotal == 3000
@@ -160,20 +165,20 @@ def test_gpu_requested_without_gpu_faiss_fails_clearly():
     if faiss_num_gpus() > 0:
         pytest.skip("this faiss sees a GPU")
     with pytest.raises(ValueError, match="no GPU"):
-        make_index(_unit(np.eye(3)), use_gpu=True)
-    index, on_gpu = to_search_device(build_index(_unit(np.eye(3))), None)
+        make_index(unit(np.eye(3)), use_gpu=True)
+    index, on_gpu = to_search_device(build_index(unit(np.eye(3))), None)
     assert not on_gpu and index.ntotal == 3
 
 
 def _ramp(n_cands: int = 400, dim: int = 8, seed: int = 1):
     """One query whose similarity to candidate j falls linearly with j (0.99 .. -0.99)."""
     rng = np.random.default_rng(seed)
-    q = _unit(rng.standard_normal((1, dim)))
+    q = unit(rng.standard_normal((1, dim)))
     target = np.linspace(0.99, -0.99, n_cands)
     basis = rng.standard_normal((n_cands, dim))
     basis -= (basis @ q[0])[:, None] * q[0]
-    basis = _unit(basis)
-    return q, _unit(target[:, None] * q[0] + np.sqrt(1 - target[:, None] ** 2) * basis)
+    basis = unit(basis)
+    return q, unit(target[:, None] * q[0] + np.sqrt(1 - target[:, None] ** 2) * basis)
 
 
 def test_past_max_depth_the_exact_scan_finishes_the_query():
@@ -189,8 +194,8 @@ def test_past_max_depth_the_exact_scan_finishes_the_query():
 
 def test_exact_filtered_topk_matches_brute_force():
     rng = np.random.default_rng(4)
-    c = _unit(rng.standard_normal((500, 8)))
-    q = _unit(rng.standard_normal((30, 8)))
+    c = unit(rng.standard_normal((500, 8)))
+    q = unit(rng.standard_normal((30, 8)))
     below = rng.uniform(-0.2, 0.6, 30).astype(np.float32)
     exclude = rng.integers(0, 500, 30)
     ids, sims = exact_filtered_topk(c, q, below, exclude, 7, cand_chunk=64, query_chunk=8)
@@ -215,8 +220,8 @@ class SpyIndex:
 
 def test_search_memory_does_not_grow_with_queries():
     rng = np.random.default_rng(5)
-    c = _unit(rng.standard_normal((3000, 16)))
-    q = _unit(rng.standard_normal((1000, 16)))
+    c = unit(rng.standard_normal((3000, 16)))
+    q = unit(rng.standard_normal((1000, 16)))
     # each positive sits at a random rank < 600: many queries need deeper searches, some past max_depth
     ranks = np.argsort(-(q @ c.T), axis=1)
     pos_idx = ranks[np.arange(1000), rng.integers(0, 600, 1000)]
@@ -266,7 +271,7 @@ class FakeRetriever(Retriever):
                 hashlib.blake2b(data + self.fingerprint.encode(), digest_size=8).digest(), "little"
             )
             out.append(np.random.default_rng(seed).standard_normal(self.dim))
-        return _unit(np.stack(out))
+        return unit(np.stack(out))
 
 
 @pytest.fixture

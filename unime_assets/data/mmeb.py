@@ -9,6 +9,11 @@ Provenance: with `provenance=True` every reader adds `source_file` (String, the 
 `source_row` (Int64, 0-based row inside that file) so `unime_assets.data.validation` can point at the
 exact row of a finding. They are off by default, so the asset contracts (mmeb.md, design.md) hold;
 `strip_provenance` drops them after validation.
+
+Invalid UTF-8 in a string column (which polars cannot even load: it panics) is found by pyarrow's
+full validation. Without provenance it is an error naming file, row and field; with provenance the
+bad cells are decoded with U+FFFD replacements and an `invalid_utf8` column (only present when some
+row has one: the row's fields, comma-separated, "" elsewhere) marks the rows for validation.
 """
 
 from __future__ import annotations
@@ -33,18 +38,80 @@ LOAD_TRAIN_COLUMNS = ["pair_id", "subset", *TRAIN_COLUMNS]
 LOAD_EVAL_COLUMNS = ["subset", "row", *EVAL_COLUMNS]
 PROVENANCE_COLUMNS = ["source_file", "source_row"]
 PROVENANCE_SCHEMA = {"source_file": pl.String, "source_row": pl.Int64}
+UTF8_COLUMN = "invalid_utf8"  # with provenance, only when a row of the table has invalid UTF-8
 
 
 def strip_provenance(df: pl.DataFrame) -> pl.DataFrame:
     """`df` without the provenance columns (a no-op when it has none)."""
-    return df.drop(PROVENANCE_COLUMNS, strict=False)
+    return df.drop([*PROVENANCE_COLUMNS, UTF8_COLUMN], strict=False)
 
 
-def _with_provenance(df: pl.DataFrame, file: Path) -> pl.DataFrame:
-    return df.with_columns(
+def _with_provenance(df: pl.DataFrame, file: Path, bad_utf8: dict[int, list[str]]) -> pl.DataFrame:
+    df = df.with_columns(
         pl.lit(str(file), dtype=pl.String).alias("source_file"),
         pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"),
     )
+    if bad_utf8:
+        marks = [",".join(bad_utf8.get(i, [])) for i in range(df.height)]
+        df = df.with_columns(pl.Series(UTF8_COLUMN, marks, dtype=pl.String))
+    return df
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Vertical concat; the `invalid_utf8` marks of some files are "" for the rows of the others."""
+    if not any(UTF8_COLUMN in f.columns for f in frames):
+        return pl.concat(frames, how="vertical")
+    frames = [f if UTF8_COLUMN in f.columns else f.with_columns(pl.lit("").alias(UTF8_COLUMN)) for f in frames]
+    return pl.concat(frames, how="vertical")
+
+
+def _decoded(value):
+    """(valid, value as str): bytes or a list of bytes, invalid sequences replaced by U+FFFD."""
+    if value is None:
+        return True, None
+    if isinstance(value, list):
+        parts = [_decoded(v) for v in value]
+        return all(ok for ok, _ in parts), [v for _, v in parts]
+    try:
+        return True, value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False, value.decode("utf-8", errors="replace")
+
+
+def _as_binary(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(t):
+        return pa.large_binary()
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = _as_binary(t.value_type)
+        return pa.list_(inner) if pa.types.is_list(t) else pa.large_list(inner)
+    return pa.binary()
+
+
+def _check_utf8(file: Path, table: pa.Table, mark: bool) -> tuple[pa.Table, dict[int, list[str]]]:
+    """Rows with invalid UTF-8 per field; `mark=False` raises naming the first (file, row, field)."""
+    bad: dict[int, list[str]] = {}
+    for i, name in enumerate(table.column_names):
+        col = table.column(name)
+        try:
+            col.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = pa.chunked_array([c.view(_as_binary(c.type)) for c in col.chunks], type=_as_binary(col.type))
+        fixed = []
+        for row, value in enumerate(raw.to_pylist()):
+            ok, text = _decoded(value)
+            if not ok:
+                bad.setdefault(row, []).append(name)
+            fixed.append(text)
+        first = min(r for r, f in bad.items() if name in f)
+        if not mark:
+            n = sum(name in f for f in bad.values())
+            raise _row_error(file, first, name, f"field {name!r} is not valid UTF-8 ({n} row(s) affected)")
+        as_str = pa.large_string() if pa.types.is_large_string(col.type) else pa.string()
+        typ = pa.list_(as_str) if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) else as_str
+        table = table.set_column(i, name, pa.array(fixed, type=typ))
+    return table, bad
 
 
 def _is_str(t: pa.DataType) -> bool:
@@ -92,6 +159,7 @@ def _read_train_file(file: Path, keep_neg: bool, limit: int | None, provenance: 
     table = pq.read_table(file, columns=cols)
     if limit is not None:
         table = table.slice(0, limit)
+    table, bad_utf8 = _check_utf8(file, table, mark=provenance)
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
     df = df.with_columns(pl.col(c).cast(pl.String).fill_null("") for c in cols)
@@ -99,7 +167,7 @@ def _read_train_file(file: Path, keep_neg: bool, limit: int | None, provenance: 
         # a shard without negatives next to shards with them: "" = absent, as in MMEB
         df = df.with_columns(pl.lit("", dtype=pl.String).alias(c) for c in TRAIN_NEG_COLUMNS)
     df = df.select(TRAIN_COLUMNS + (TRAIN_NEG_COLUMNS if keep_neg else []))
-    return _with_provenance(df, file) if provenance else df
+    return _with_provenance(df, file, bad_utf8) if provenance else df
 
 
 def read_train_subset(
@@ -130,7 +198,7 @@ def read_train_subset(
         frames.append(df)
         if remaining is not None:
             remaining -= df.height
-    return pl.concat(frames, how="vertical")
+    return _concat(frames)
 
 
 def _first_bad(df: pl.DataFrame, mask: pl.Expr) -> tuple[int, int] | None:
@@ -152,7 +220,8 @@ def _read_eval_file(file: Path, strict: bool, provenance: bool) -> pl.DataFrame:
             raise DataValidationError(
                 f"{file}: column {c!r} must be list<string>, got {t}", file=str(file), field=c
             )
-    df = pl.from_arrow(pq.read_table(file, columns=EVAL_COLUMNS))
+    table, bad_utf8 = _check_utf8(file, pq.read_table(file, columns=EVAL_COLUMNS), mark=provenance)
+    df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
     df = df.with_columns(
         *(pl.col(c).cast(pl.String).fill_null("") for c in ("qry_text", "qry_img_path")),
@@ -164,7 +233,7 @@ def _read_eval_file(file: Path, strict: bool, provenance: bool) -> pl.DataFrame:
         df = df.with_columns(pl.col(c).fill_null([]) for c in EVAL_LIST_COLUMNS)
     # null candidate entries mean "absent", like null scalars
     df = df.with_columns(pl.col(c).list.eval(pl.element().fill_null("")) for c in EVAL_LIST_COLUMNS)
-    return _with_provenance(df, file) if provenance else df
+    return _with_provenance(df, file, bad_utf8) if provenance else df
 
 
 def _row_error(file: Path, row: int, field: str, message: str) -> DataValidationError:
@@ -215,7 +284,7 @@ def read_eval_subset(
     `validation.validate_eval` (which can quarantine them) and reads a null list as `[]`.
     """
     files = _glob(root, subset, "test-*.parquet")
-    return pl.concat([_read_eval_file(f, strict, provenance) for f in files], how="vertical")
+    return _concat([_read_eval_file(f, strict, provenance) for f in files])
 
 
 def pair_id(subset: str, qry: str, qry_image_path: str, pos_text: str, pos_image_path: str) -> str:
@@ -255,11 +324,11 @@ def load_train(
         frames.append(
             df.with_columns(
                 pl.Series("pair_id", ids, dtype=pl.String), pl.lit(subset, dtype=pl.String).alias("subset")
-            ).select(cols)
+            ).select(cols + [UTF8_COLUMN] * (UTF8_COLUMN in df.columns))
         )
     if not frames:
         return pl.DataFrame(schema={c: pl.String for c in LOAD_TRAIN_COLUMNS} | _prov_schema(provenance))
-    df = pl.concat(frames, how="vertical")
+    df = _concat(frames)
     return df.unique(subset=["pair_id"], keep="first", maintain_order=True) if dedup else df
 
 
@@ -277,15 +346,16 @@ def load_eval(
     `source_row` is the index inside its own parquet file.
     """
     cols = LOAD_EVAL_COLUMNS + (PROVENANCE_COLUMNS if provenance else [])
-    frames = [
-        read_eval_subset(root, s, strict=strict, provenance=provenance)
-        .with_row_index("row")
-        .with_columns(pl.col("row").cast(pl.Int64), pl.lit(s, dtype=pl.String).alias("subset"))
-        .select(cols)
-        for s in subsets
-    ]
+    frames = []
+    for s in subsets:
+        df = read_eval_subset(root, s, strict=strict, provenance=provenance)
+        frames.append(
+            df.with_row_index("row")
+            .with_columns(pl.col("row").cast(pl.Int64), pl.lit(s, dtype=pl.String).alias("subset"))
+            .select(cols + [UTF8_COLUMN] * (UTF8_COLUMN in df.columns))
+        )
     if not frames:
         schema = {"subset": pl.String, "row": pl.Int64, "qry_text": pl.String, "qry_img_path": pl.String}
         schema |= {c: pl.List(pl.String) for c in EVAL_LIST_COLUMNS}
         return pl.DataFrame(schema=schema | _prov_schema(provenance))
-    return pl.concat(frames, how="vertical")
+    return _concat(frames)

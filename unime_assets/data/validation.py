@@ -26,33 +26,37 @@ subset); without them `file` is "<table>" and `row` the position in the table. `
 unless `keep_provenance`, so it matches the asset contracts. Typical use:
 
     train = load_train(root, subsets, provenance=True, dedup=False)  # dedup here reports duplicates
-    res = validate_train(train, root, policy="quarantine", check_images="exists")
+    res = validate_train(train, root, policy="quarantine")
     write_validated(res, out_path, quarantine_path)  # or: return res.clean, log res.counts
 
     ev = load_eval(eval_root, subsets, provenance=True, strict=False)  # strict readers raise first
     res = validate_eval(ev, eval_image_root, policy="fail")
 
-Images are checked once per unique path: "exists" resolves the path exactly like
-`images.resolve_image_path` (fallbacks, symlinks, escapes), with each folder resolved once and one
-lstat per file in the common case; "open" also decodes it (JPEGs at reduced scale, which still
-reads every byte, so truncation shows).
+Text rules, both tables, per (text, image) item: a field whose bytes are not valid UTF-8
+[invalid_utf8] (marked by the readers); an item with an image whose (non-blank) text does not hold
+exactly one `<|image_1|>` placeholder [placeholder_mismatch] (the processor pairs each placeholder
+with an image; a blank text with an image is an image-only item);
+a text longer than `max_text_chars` characters [text_too_long] (one huge text makes a huge batch).
+
+Images are checked once per unique path (`image_checks`): "exists" resolves the path like
+`images.resolve_image_path`; "verify" (default) also reads its header and structure (PNG chunks and
+CRCs, a JPEG's end marker) without decoding pixels, so truncated and garbage files show; "open" also
+decodes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import polars as pl
-from PIL import Image
 
 from unime_assets.data.errors import DataValidationError
+from unime_assets.data.image_checks import ImageCheck, image_problems
 from unime_assets.data.images import resolve_image_path
-from unime_assets.data.mmeb import PROVENANCE_COLUMNS
+from unime_assets.data.mmeb import PROVENANCE_COLUMNS, UTF8_COLUMN
 from unime_assets.io import atomic_path
 
 __all__ = [
@@ -67,11 +71,13 @@ __all__ = [
 ]
 
 Policy = Literal["fail", "quarantine"]
-ImageCheck = Literal["none", "exists", "open"]
 
 TABLE_FILE = "<table>"
+PLACEHOLDER = "<|image_1|>"  # models.encoding.MMEB_IMAGE_PLACEHOLDER: the image's slot in the text
+MAX_TEXT_CHARS = 16_384
 IMAGE_REASONS = ("missing_image", "image_outside_root", "unreadable_image")
-TRAIN_REASONS = ("empty_query", "empty_positive", "duplicate", *IMAGE_REASONS)
+TEXT_REASONS = ("invalid_utf8", "text_too_long", "placeholder_mismatch")
+TRAIN_REASONS = ("empty_query", "empty_positive", "duplicate", *TEXT_REASONS, *IMAGE_REASONS)
 EVAL_REASONS = (
     "empty_query",
     "no_candidates",
@@ -80,6 +86,7 @@ EVAL_REASONS = (
     "duplicate_ground_truth",
     "empty_candidate",
     "duplicate",
+    *TEXT_REASONS,
     *IMAGE_REASONS,
 )
 # one row per finding; `index` is the row's position in the validated table
@@ -198,67 +205,6 @@ def _key_names(keys: list[str | pl.Expr]) -> list[str]:
     return [n for n in names if n != "_subset"]  # the subset is where, not what, is duplicated
 
 
-def _decode(path: Path) -> None:
-    with Image.open(path) as im:
-        im.draft("RGB", (64, 64))  # JPEG only: decode at 1/8 scale, still reads the whole stream
-        im.load()
-
-
-class _Resolver:
-    """`resolve_image_path` with its common case made cheap, same answers.
-
-    The common case: `root/rel` is a regular file (not a symlink) whose folder, resolved, is inside
-    the resolved root; then it is the path resolve_image_path returns. Folders are resolved once
-    each (MMEB keeps thousands of images per folder); every other case goes to resolve_image_path.
-    """
-
-    def __init__(self, root: str | os.PathLike) -> None:
-        self.root = root
-        self.root_res = Path(root).resolve()
-        self.dirs: dict[str, Path | None] = {}
-
-    def _dir(self, parent: str) -> Path | None:
-        if parent not in self.dirs:
-            d = Path(parent).resolve()
-            self.dirs[parent] = d if d.is_relative_to(self.root_res) and d.is_dir() else None
-        return self.dirs[parent]
-
-    def __call__(self, rel: str) -> Path:
-        if not os.path.isabs(rel):
-            parent, name = os.path.split(os.path.join(self.root, rel))
-            d = self._dir(parent) if name not in ("", ".", "..") else None
-            if d is not None:
-                with contextlib.suppress(OSError):
-                    if stat.S_ISREG(os.lstat(d / name).st_mode):
-                        return d / name
-        return resolve_image_path(self.root, rel)
-
-
-def _image_problems(paths: pl.Series, root: str | os.PathLike, mode: ImageCheck) -> pl.DataFrame:
-    """One row (path, reason, detail) per unique non-empty path that fails the `mode` check."""
-    resolve = _Resolver(root)
-    out: dict[str, list[str]] = {"path": [], "reason": [], "detail": []}
-    for rel in paths.drop_nulls().unique().to_list():
-        if rel == "":
-            continue
-        reason, detail = "", ""
-        try:
-            resolved = resolve(rel)
-            if mode == "open":
-                _decode(resolved)
-        except FileNotFoundError as e:
-            reason, detail = "missing_image", str(e)
-        except ValueError as e:  # absolute, or resolves outside the root
-            reason, detail = "image_outside_root", str(e)
-        except Exception as e:  # any decoder failure means training would crash on this image
-            reason, detail = "unreadable_image", f"PIL cannot decode {rel!r}: {type(e).__name__}: {e}"
-        if reason:
-            out["path"].append(rel)
-            out["reason"].append(reason)
-            out["detail"].append(detail)
-    return pl.DataFrame(out, schema={"path": pl.String, "reason": pl.String, "detail": pl.String})
-
-
 def _image_findings(t: pl.DataFrame, col: str, bad: pl.DataFrame, field: str | pl.Expr) -> pl.DataFrame:
     hit = t.join(bad.rename({"reason": "_reason", "detail": "_detail"}), left_on=col, right_on="path")
     frames = [
@@ -304,16 +250,42 @@ def _finish(
             findings=findings,
         )
     clean = df.with_row_index("_index").filter(~pl.col("_index").is_in(bad.implode())).drop("_index")
+    clean = clean.drop(UTF8_COLUMN, strict=False)  # every marked row is a finding: the marks are spent
     if not keep_provenance:
         clean = clean.drop(PROVENANCE_COLUMNS, strict=False)
     return ValidationResult(clean, findings, counts)
+
+
+def _utf8_findings(t: pl.DataFrame) -> list[pl.DataFrame]:
+    """Rows the reader marked (mmeb.UTF8_COLUMN): a string field whose bytes are not valid UTF-8."""
+    if UTF8_COLUMN not in t.columns:
+        return []
+    detail = "bytes that are not valid UTF-8 (read with U+FFFD replacements)"
+    return [_findings(t, pl.col(UTF8_COLUMN) != "", pl.col(UTF8_COLUMN), "invalid_utf8", detail)]
+
+
+def _item_findings(t: pl.DataFrame, text: str, image: str, at: str | pl.Expr, max_chars: int | None) -> list[pl.DataFrame]:
+    """One (text, image) item: a text beside an image holds exactly one placeholder (the processor
+    pairs placeholders with images; a blank text is an image-only item, encoded as the image's slot
+    alone), and the text stays under `max_chars` characters."""
+    n = pl.col(text).fill_null("").str.count_matches(PLACEHOLDER, literal=True)
+    frames = [_findings(t, ~_no_image(image) & ~_blank(text) & (n != 1), at, "placeholder_mismatch",
+                        pl.format("the item has an image but its text has {} '{}' placeholder(s), not one", n,
+                                  pl.lit(PLACEHOLDER)))]  # fmt: skip
+    if max_chars is not None:
+        length = pl.col(text).fill_null("").str.len_chars()
+        frames.append(_findings(t, length > max_chars, at, "text_too_long",
+                                pl.format("{} characters, over the {} of validation.max_text_chars", length,
+                                          pl.lit(max_chars))))  # fmt: skip
+    return frames
 
 
 # ----------------------------------------------------------------------------- train
 
 
 def validate_train(df: pl.DataFrame, image_root: str | os.PathLike | None, *, policy: Policy = "fail",
-                   check_images: ImageCheck = "exists", keep_provenance: bool = False) -> ValidationResult:  # fmt: skip
+                   check_images: ImageCheck = "verify", keep_provenance: bool = False,
+                   max_text_chars: int | None = MAX_TEXT_CHARS) -> ValidationResult:  # fmt: skip
     """Validate an MMEB-train table (`read_train_subset` / `load_train` output; see the module docstring).
 
     policy "fail" raises DataValidationError naming file, row and field of the first finding and the
@@ -344,10 +316,14 @@ def validate_train(df: pl.DataFrame, image_root: str | os.PathLike | None, *, po
             "query, query image and positive",
             key="pair_id" if df.schema.get("pair_id") == pl.String else None,
         ),
+        *_utf8_findings(t),
+        *_item_findings(t, "qry", "qry_image_path", "qry", max_text_chars),
+        *_item_findings(t, "pos_text", "pos_image_path", "pos_text", max_text_chars),
     ]
     if check_images != "none":
-        bad = _image_problems(
-            pl.concat([t["qry_image_path"], t["pos_image_path"]]), _root(image_root), check_images
+        bad = image_problems(
+            pl.concat([t["qry_image_path"], t["pos_image_path"]]), _root(image_root), check_images,
+            resolve_image_path,
         )
         frames += [_image_findings(t, c, bad, c) for c in ("qry_image_path", "pos_image_path")]
     return _finish(df, frames, TRAIN_REASONS, "MMEB-train", policy, keep_provenance)
@@ -363,7 +339,8 @@ def _root(image_root: str | os.PathLike | None) -> str | os.PathLike:
 
 
 def validate_eval(df: pl.DataFrame, image_root: str | os.PathLike | None, *, policy: Policy = "fail",
-                  check_images: ImageCheck = "exists", keep_provenance: bool = False) -> ValidationResult:  # fmt: skip
+                  check_images: ImageCheck = "verify", keep_provenance: bool = False,
+                  max_text_chars: int | None = MAX_TEXT_CHARS) -> ValidationResult:  # fmt: skip
     """Validate an MMEB-eval table (`load_eval(..., strict=False)` output; see the module docstring).
 
     Quarantining eval rows changes a subset's denominator, so published numbers stop being
@@ -400,6 +377,8 @@ def validate_eval(df: pl.DataFrame, image_root: str | os.PathLike | None, *, pol
             ],
             "query, query image and ground truth",
         ),
+        *_utf8_findings(t),
+        *_item_findings(t, "qry_text", "qry_img_path", "qry_text", max_text_chars),
     ]
     ex = (
         t.filter((n_text == n_img) & (n_text > 0))
@@ -434,10 +413,12 @@ def validate_eval(df: pl.DataFrame, image_root: str | os.PathLike | None, *, pol
             "empty_candidate",
             pl.format("candidate {} has neither text nor an image", pl.col("_pos")),
         ),
+        *_item_findings(ex, "tgt_text", "tgt_img_path", pl.format("tgt_text[{}]", pl.col("_pos")), max_text_chars),
     ]
     if check_images != "none":
-        bad = _image_problems(
-            pl.concat([t["qry_img_path"], ex["tgt_img_path"]]), _root(image_root), check_images
+        bad = image_problems(
+            pl.concat([t["qry_img_path"], ex["tgt_img_path"]]), _root(image_root), check_images,
+            resolve_image_path,
         )
         frames += [
             _image_findings(t, "qry_img_path", bad, "qry_img_path"),

@@ -6,3 +6,7 @@ evaluation (6)), `checks` (asset checks), `partitions` (one partition per MMEB s
 schedule, sensors, declarative automation). An asset reads its inputs, calls the method packages,
 writes its output, logs to MLflow and returns metadata.
 """
+
+from unime_assets.defs import slots as _slots
+
+_slots.install()  # every process that executes these assets waits for slots without spinning

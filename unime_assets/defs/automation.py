@@ -34,6 +34,7 @@ import dagster as dg
 from unime_assets.defs.partitions import TRAIN_SUBSETS
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.fingerprints import files_stat_fingerprint
+from unime_assets.tracking.registry import is_complete
 
 EMBEDDER_MODEL = "unime-v2-embedder"  # the registered name of embedder_checkpoint (defs/assets/training.py)
 
@@ -52,37 +53,56 @@ STEP_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENT
 
 def _run_tags(stage: str, max_runtime_hours: float) -> dict[str, str]:
     """`dagster/max_runtime` is read from run tags by run monitoring (enabled in dagster.yaml); asset
-    tags do not reach runs. `unime/stage` lets the production queue limit runs per stage."""
+    tags do not reach runs. `unime/stage` lets the production queue limit runs per stage.
+
+    The jobs pass these as `tags`, not `run_tags`: without `run_tags` a job's tags are added to every
+    run it launches, and a partition backfill of a job (UI or `dagster job backfill`) copies only
+    the job's `tags` into its runs; `run_tags` would leave backfill runs without retries or limits."""
     return {**RUN_RETRIES, "dagster/max_runtime": str(int(max_runtime_hours * HOUR)), "unime/stage": stage}
 
 
 # --- jobs ---------------------------------------------------------------------------------------
 
 INGEST_SELECTION = dg.AssetSelection.assets("mmeb_train")
-MINING_SELECTION = dg.AssetSelection.assets("candidate_pool", "judge_scores", "mined_negatives")
+INGEST_EVAL_SELECTION = dg.AssetSelection.assets("mmeb_eval")
+# judge_model/<name>, judge_scores/<name>: one asset per judge of the profile
+MODELS_SELECTION = dg.AssetSelection.assets("retriever_model") | dg.AssetSelection.key_prefixes(["judge_model"])
+INDEX_SELECTION = dg.AssetSelection.assets("candidate_index")
+MINING_SELECTION = dg.AssetSelection.assets("candidate_pool", "judge_ensemble", "mined_negatives") | (
+    dg.AssetSelection.key_prefixes(["judge_scores"])
+)
 TRAIN_SELECTION = dg.AssetSelection.assets("training_set", "embedder_checkpoint", "reranker_checkpoint")
 EVALUATION_SELECTION = dg.AssetSelection.groups("evaluation")
 AUTOMATED_SELECTION = dg.AssetSelection.assets("candidate_index") | MINING_SELECTION
 
-ingest_train_job = dg.define_asset_job(
-    "ingest_train", selection=INGEST_SELECTION, run_tags=_run_tags("ingest", 2),
-    description="Read one MMEB-train subset (partition) from its source files.",
-)  # fmt: skip
-mine_job = dg.define_asset_job(
-    "mine", selection=MINING_SELECTION, run_tags=_run_tags("mine", 24), op_retry_policy=STEP_RETRY,
-    description="Stages 1-3 for one train subset: candidate pool, judge scores, mined negatives. Needs a "
-    "current candidate_index; backfill chosen partitions from the UI or `dagster job backfill -j mine`.",
-)  # fmt: skip
-train_job = dg.define_asset_job(
-    "train", selection=TRAIN_SELECTION, run_tags=_run_tags("train", 72),
-    description="Stages 4-5: training set from the mined partitions, embedder and reranker (gpu pool); "
-    "registers new versions with alias `candidate`.",
-)  # fmt: skip
-evaluate_job = dg.define_asset_job(
-    "evaluate", selection=EVALUATION_SELECTION, run_tags=_run_tags("evaluate", 12),
-    description="Stage 6: MMEB evaluation and report. Launched by `evaluate_new_embedder` per registered version.",
-)  # fmt: skip
-JOBS = [ingest_train_job, mine_job, train_job, evaluate_job]
+def _job(name: str, selection: dg.AssetSelection, stage: str, max_hours: float, description: str,
+         **kwargs) -> dg.UnresolvedAssetJobDefinition:  # fmt: skip
+    return dg.define_asset_job(name, selection=selection, tags=_run_tags(stage, max_hours),
+                               description=description, **kwargs)  # fmt: skip
+
+
+ingest_train_job = _job("ingest_train", INGEST_SELECTION, "ingest", 2,
+                        "Read one MMEB-train subset (partition) from its source files.")  # fmt: skip
+ingest_eval_job = _job("ingest_eval", INGEST_EVAL_SELECTION, "ingest", 2,
+                       "Read one MMEB-eval subset (partition) from its source files.")  # fmt: skip
+models_job = _job("models", MODELS_SELECTION, "models", 24,
+                  "The retriever (stage 1) and the judges (stage 2): configured checkpoints validated, or on the "
+                  "embedded default tiny models bootstrapped; each judge's held-out AUC.")  # fmt: skip
+index_job = _job("index", INDEX_SELECTION, "index", 24,
+                 "Stage 1: the global candidate index over every materialized train subset (rebuilt before "
+                 "`mine` whenever a subset was added or re-read).")  # fmt: skip
+mine_job = _job("mine", MINING_SELECTION, "mine", 24,
+                "Stages 1-3 for one train subset: candidate pool, every judge's scores, their ensemble, mined "
+                "negatives. Needs a "
+                "current candidate_index; backfill chosen partitions from the UI or `dagster job backfill -j mine`.",
+                op_retry_policy=STEP_RETRY)  # fmt: skip
+train_job = _job("train", TRAIN_SELECTION, "train", 72,
+                 "Stages 4-5: training set from the mined partitions, embedder and reranker (gpu pool); "
+                 "registers new versions with alias `candidate`.")  # fmt: skip
+evaluate_job = _job("evaluate", EVALUATION_SELECTION, "evaluate", 12,
+                    "Stage 6: MMEB evaluation and report. Launched by `evaluate_new_embedder` per registered version.")  # fmt: skip
+# In graph order: `unime-assets materialize` runs them one after the other (cli.py STAGES).
+JOBS = [ingest_train_job, ingest_eval_job, models_job, index_job, mine_job, train_job, evaluate_job]
 
 
 def _default_status() -> tuple[dg.DefaultScheduleStatus, dg.DefaultSensorStatus]:
@@ -220,12 +240,21 @@ def evaluate_new_embedder(context: dg.SensorEvaluationContext, mlflow: MlflowRes
         return dg.SkipReason(f"no version of {EMBEDDER_MODEL} registered yet")
     seen = int(context.cursor) if context.cursor else None
     new = sorted(n for n in by_number if seen is None or n > seen)
+    # A version without lineage comes from an interrupted registration: never evaluated (the cursor
+    # still moves past it; the retried registration creates a complete version).
+    incomplete = [n for n in new if not is_complete(by_number[n].tags)]
+    complete = [n for n in new if n not in incomplete]
     if seen is None:
-        new = new[-1:]  # first tick: evaluate the current state, not the whole history
-    if not new:
+        complete = complete[-1:]  # first tick: evaluate the current state, not the whole history
+    if not complete:
+        if new:
+            return dg.SensorResult(skip_reason=f"{EMBEDDER_MODEL} version(s) {incomplete} have no lineage tags "
+                                   "(interrupted registrations): not evaluated", cursor=str(max(new)))  # fmt: skip
         return dg.SkipReason(f"no {EMBEDDER_MODEL} version newer than {seen}")
+    if incomplete:
+        context.log.warning(f"skipping {EMBEDDER_MODEL} version(s) {incomplete}: no lineage tags")
     requests = []
-    for n in new:
+    for n in complete:
         mv = by_number[n]
         tags = {VERSION_TAG: str(n), MODEL_URI_TAG: f"models:/{EMBEDDER_MODEL}/{n}",
                 "unime/embedder_mlflow_run_id": mv.run_id or "",
@@ -249,7 +278,7 @@ def index_refresh_condition() -> dg.AutomationCondition:
 
 
 def mining_condition() -> dg.AutomationCondition:
-    """candidate_pool / judge_scores / mined_negatives: `eager()` (run a partition when an upstream
+    """candidate_pool / judge_scores/* / judge_ensemble / mined_negatives: `eager()` (run a partition when an upstream
     updates, never one whose upstream is missing or in progress), except that a new `mmeb_train`
     partition is not a trigger by itself: it first rebuilds candidate_index (whose cand_ids it
     renumbers), and that rebuild triggers every partition. So no partition is mined against an index
@@ -262,10 +291,12 @@ def mining_condition() -> dg.AutomationCondition:
     )  # fmt: skip
 
 
+# By the first part of the asset key: `judge_scores` covers every `judge_scores/<name>`.
 AUTOMATION_CONDITIONS = {
     "candidate_index": index_refresh_condition,
     "candidate_pool": mining_condition,
     "judge_scores": mining_condition,
+    "judge_ensemble": mining_condition,
     "mined_negatives": mining_condition,
 }
 
@@ -280,7 +311,7 @@ def with_automation(defs: dg.Definitions) -> dg.Definitions:
     """The code location's definitions plus automation conditions, jobs, the schedule and the sensors."""
 
     def add_condition(spec: dg.AssetSpec) -> dg.AssetSpec:
-        make = AUTOMATION_CONDITIONS.get(spec.key.to_user_string())
+        make = AUTOMATION_CONDITIONS.get(spec.key.path[0])
         return spec.replace_attributes(automation_condition=make()) if make else spec
 
     with warnings.catch_warnings():  # map_asset_specs is marked preview in 1.13; pinned version, tested here

@@ -6,13 +6,16 @@ import polars as pl
 
 from unime_assets.defs.assets.data import mmeb_eval, mmeb_train
 from unime_assets.defs.assets.evaluation import mmeb_report
-from unime_assets.defs.assets.mining import candidate_pool, judge_scores, mined_negatives
+from unime_assets.defs.assets.judges import judge_ensemble
+from unime_assets.defs.assets.mining import candidate_pool, mined_negatives
+from unime_assets.defs.metadata import readable
+from unime_assets.defs.partitions import JUDGES, judge_key
 from unime_assets.defs.resources import SettingsResource
 
 
 def _result(bad: int, total: int, what: str, **meta) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        passed=bad == 0, metadata={"violations": bad, "rows": total, "rule": what, **meta}
+        passed=bad == 0, metadata=readable({"violations": bad, "rows": total, "rule": what, **meta})
     )
 
 
@@ -51,9 +54,7 @@ def delta_rule_holds(candidate_pool: pl.DataFrame, settings: SettingsResource) -
     return _result(bad, candidate_pool.height, "cand_sims < pos_sim, positive excluded, at most top_k")
 
 
-@dg.asset_check(asset=judge_scores, blocking=True, additional_ins={"candidate_pool": dg.AssetIn("candidate_pool")},
-                description="Scores are probabilities and align one-to-one with the retrieved candidates.")  # fmt: skip
-def judge_scores_valid(judge_scores: pl.DataFrame, candidate_pool: pl.DataFrame) -> dg.AssetCheckResult:
+def _scores_valid(judge_scores: pl.DataFrame, candidate_pool: pl.DataFrame) -> dg.AssetCheckResult:
     aligned = judge_scores["cand_scores"].list.len() == candidate_pool["cand_ids"].list.len()
     flat = np.concatenate(
         [judge_scores["pos_score"].to_numpy(), *map(np.asarray, judge_scores["cand_scores"].to_list())]
@@ -61,6 +62,27 @@ def judge_scores_valid(judge_scores: pl.DataFrame, candidate_pool: pl.DataFrame)
     out_of_range = int(((flat < 0) | (flat > 1) | ~np.isfinite(flat)).sum())
     return _result(int((~aligned).sum()) + out_of_range, judge_scores.height, "0 <= score <= 1 and aligned",
                    out_of_range=out_of_range)  # fmt: skip
+
+
+def judge_scores_check(name: str) -> dg.AssetChecksDefinition:
+    """`judge_scores_valid` on `judge_scores/<name>`."""
+
+    @dg.asset_check(asset=judge_key("judge_scores", name), name="judge_scores_valid", blocking=True,
+                    additional_ins={"candidate_pool": dg.AssetIn("candidate_pool")},
+                    description="Scores are probabilities and align one-to-one with the retrieved candidates.")  # fmt: skip
+    def _check(judge_scores: pl.DataFrame, candidate_pool: pl.DataFrame) -> dg.AssetCheckResult:
+        return _scores_valid(judge_scores, candidate_pool)
+
+    return _check
+
+
+judge_scores_valid = [judge_scores_check(name) for name in JUDGES]
+
+
+@dg.asset_check(asset=judge_ensemble, blocking=True, additional_ins={"candidate_pool": dg.AssetIn("candidate_pool")},
+                description="Combined scores are in [0, 1] and align one-to-one with the retrieved candidates.")  # fmt: skip
+def judge_ensemble_valid(judge_ensemble: pl.DataFrame, candidate_pool: pl.DataFrame) -> dg.AssetCheckResult:
+    return _scores_valid(judge_ensemble, candidate_pool)
 
 
 @dg.asset_check(asset=mined_negatives, blocking=True, additional_ins={"candidate_pool": dg.AssetIn("candidate_pool")},

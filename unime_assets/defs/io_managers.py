@@ -2,15 +2,31 @@
 
 In-repo rather than dagster-polars: that package pins polars < 2 and writes in place; this one
 is a few lines and guarantees a reader never sees a half-written table.
+
+A validated table (`ValidatedTable`: the clean rows and the findings set aside) is stored with its
+quarantine table in one step: both are written to temporary files and renamed only when both are
+complete, so a failed write leaves neither new file (downstream steps load only the clean rows).
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from unime_assets.config import unime_home
+from unime_assets.data.validation import ValidationResult, write_validated
+from unime_assets.defs.metadata import column_schema
 from unime_assets.io import write_parquet
+
+
+@dataclass(frozen=True)
+class ValidatedTable:
+    """An asset's validation result and where its findings go (an empty findings table included,
+    so the side table always describes the current materialization)."""
+
+    result: ValidationResult
+    quarantine_path: Path
 
 
 class PolarsParquetIOManager(dg.ConfigurableIOManager):
@@ -21,20 +37,23 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         path = root.joinpath(*key.path)
         return path / f"{partition}.parquet" if partition else path.with_suffix(".parquet")
 
-    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
-        if not isinstance(obj, pl.DataFrame):
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | ValidatedTable) -> None:
+        partition = context.partition_key if context.has_partition_key else None
+        path = self._path(context.asset_key, partition)
+        if isinstance(obj, ValidatedTable):
+            write_validated(obj.result, path, obj.quarantine_path)
+            obj = obj.result.clean
+        elif isinstance(obj, pl.DataFrame):
+            write_parquet(obj, path)
+        else:
             raise TypeError(
                 f"{context.asset_key.to_user_string()}: expected a polars DataFrame, got {type(obj)}"
             )
-        partition = context.partition_key if context.has_partition_key else None
-        path = write_parquet(obj, self._path(context.asset_key, partition))
         context.add_output_metadata(
             {
                 "path": dg.MetadataValue.path(str(path)),
                 "dagster/row_count": obj.height,
-                "dagster/column_schema": dg.TableSchema(
-                    columns=[dg.TableColumn(name, str(dtype)) for name, dtype in obj.schema.items()]
-                ),
+                "dagster/column_schema": column_schema(context.asset_key.to_user_string(), obj.schema),
             }
         )
 

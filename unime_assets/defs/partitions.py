@@ -1,9 +1,11 @@
-"""Per-dataset partitions: one partition per MMEB-train subset and one per MMEB-eval subset.
+"""Per-dataset partitions (one per MMEB-train subset, one per MMEB-eval subset) and the judges.
 
 Partition keys are the subset names of the settings profile the code location loads with
 ($UNIME_SETTINGS, else the embedded default; the synthetic catalog when that file does not exist
 yet). Dagster fixes partitions when it loads the code, so the settings resource's file must list
-the same subsets; assets check this and fail with both lists in the message.
+the same subsets; assets check this and fail with both lists in the message. The profile's judge
+names are fixed the same way: each judge gets its own `judge_model/<name>` and `judge_scores/<name>`
+assets (separately materialized and resumable), checked against the settings file at run time.
 """
 
 import dagster as dg
@@ -11,17 +13,19 @@ import dagster as dg
 from unime_assets.config import Settings, default_settings_file, load_settings
 from unime_assets.data.catalog import get_catalog
 
+DEFAULT_JUDGES = ["qwen25vl"]  # the embedded default's judge, before its settings file is written
 
-def _profile_subsets() -> tuple[list[str], list[str]]:
+
+def _profile() -> tuple[list[str], list[str], list[str]]:
     path = default_settings_file()
     if path.is_file():
         s = load_settings(path)
-        return s.train_subset_names, s.eval_subset_names
+        return s.train_subset_names, s.eval_subset_names, s.judge_names
     train, evals = get_catalog("synthetic")  # before `unime-assets build-default` has written the file
-    return list(train), list(evals)
+    return list(train), list(evals), list(DEFAULT_JUDGES)
 
 
-TRAIN_SUBSETS, EVAL_SUBSETS = _profile_subsets()
+TRAIN_SUBSETS, EVAL_SUBSETS, JUDGES = _profile()
 train_partitions = dg.StaticPartitionsDefinition(TRAIN_SUBSETS)
 eval_partitions = dg.StaticPartitionsDefinition(EVAL_SUBSETS)
 
@@ -41,3 +45,8 @@ def partition_metadata(settings: Settings, key: str, kind: str) -> dict[str, str
     eval_name = train_to_eval[key] if kind == "train" else key
     sub = info[eval_name]
     return {"subset": key, "eval_subset": eval_name, "meta_task": sub.meta_task, "split": sub.split}
+
+
+def judge_key(asset: str, judge: str) -> dg.AssetKey:
+    """`judge_model/<judge>` or `judge_scores/<judge>`: one asset per configured judge."""
+    return dg.AssetKey([asset, judge])

@@ -10,25 +10,56 @@ import yaml
 from unime_assets import tracking
 from unime_assets.config import Settings, default_settings_file, load_settings, unime_home
 
+# Dagster run outcome -> the MLflow status its runs end with (a run still going: None, left alone).
+MLFLOW_STATUS = {dg.DagsterRunStatus.SUCCESS: "FINISHED", dg.DagsterRunStatus.FAILURE: "FAILED",
+                 dg.DagsterRunStatus.CANCELED: "KILLED"}  # fmt: skip
+
 
 class SettingsResource(dg.ConfigurableResource):
-    """Where the settings YAML is (empty: $UNIME_SETTINGS or the embedded default) plus overrides."""
+    """Where the settings YAML is (empty: $UNIME_SETTINGS or the embedded default) plus overrides.
+
+    At the start of every run (before any step) the profile is checked as a whole: every setting in
+    range, every model path, data root and subset folder present and readable (defs/preflight.py);
+    the run fails with one message naming each setting and path at fault."""
 
     settings_file: str = ""
     overrides_yaml: str = ""  # e.g. "embedder: {steps: 10}" from the Launchpad
 
     def get(self) -> Settings:
         overrides = yaml.safe_load(self.overrides_yaml) if self.overrides_yaml.strip() else None
-        return load_settings(self.settings_file or default_settings_file(), overrides)
+        s = load_settings(self.settings_file or default_settings_file(), overrides)
+        from unime_assets.models.loading import trust_remote_code_for
+
+        trust_remote_code_for(s.remote_code_paths())  # the one place every loader reads it from
+        return s
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if context.dagster_run is None:  # schedules and sensors read only some fields
+            return
+        from unime_assets.defs.preflight import preflight
+
+        preflight(self.get())
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """One MLflow run per materialization, tagged dagster.run_id / dagster.asset_key / dagster.partition."""
+    """One MLflow run per materialization, tagged dagster.run_id / dagster.asset_key / dagster.partition and
+    dagster.run_url (a link back to the Dagster run), described in markdown on the run page."""
 
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI or sqlite under $UNIME_HOME/mlflow
     experiment_name: str = "unime-v2"
     artifact_root: str = ""
-    ui_url: str = "http://127.0.0.1:5000"
+    ui_url: str = ""  # the MLflow UI links point at; empty: $MLFLOW_UI_URL or http://127.0.0.1:5000 (make ui)
+    dagster_ui_url: str = ""  # the Dagster UI; empty: $DAGSTER_UI_URL or http://127.0.0.1:3000 (make ui)
+
+    def mlflow_url(self) -> str:
+        return (self.ui_url or os.environ.get("MLFLOW_UI_URL") or "http://127.0.0.1:5000").rstrip("/")
+
+    def dagster_url(self) -> str:
+        return (self.dagster_ui_url or os.environ.get("DAGSTER_UI_URL") or "http://127.0.0.1:3000").rstrip("/")
+
+    def experiments_url(self) -> str:
+        """The MLflow UI on its classic experiment-tracking view (runs, metrics), not the GenAI one."""
+        return f"{self.mlflow_url()}/#/experiments?{tracking.CLASSIC_VIEW}"
 
     def uri(self) -> str:
         if self.tracking_uri:
@@ -42,13 +73,51 @@ class MlflowResource(dg.ConfigurableResource):
     def artifacts(self) -> str:
         return self.artifact_root or str(unime_home() / "mlflow" / "artifacts")
 
+    def close_stale_runs(self, instance: dg.DagsterInstance, current_run_id: str) -> list[tuple[str, str]]:
+        """MLflow runs left RUNNING by Dagster runs that ended or whose worker died (a SIGKILL never
+        reaches MLflow): closed with the Dagster outcome (KILLED for a dead worker)."""
+        from unime_assets.defs.slots import worker_alive
+
+        def status_for(dagster_run_id: str) -> str | None:
+            if not dagster_run_id or dagster_run_id == current_run_id:
+                return None
+            run = instance.get_run_by_id(dagster_run_id)
+            if run is None or run.is_finished:
+                return MLFLOW_STATUS.get(run.status, "KILLED") if run is not None else None
+            return "KILLED" if worker_alive(instance, dagster_run_id) is False else None
+
+        return tracking.close_runs(self.uri(), self.experiment_name, status_for)
+
     @contextlib.contextmanager
     def run(self, context: dg.AssetExecutionContext) -> Iterator[tracking.RunHandle]:
+        from unime_assets.defs.descriptions import EXPERIMENT_DESCRIPTION, EXPERIMENT_TAGS, run_description
+
         asset_key = context.asset_key.to_user_string()
         partition = context.partition_key if context.has_partition_key else None
-        tags = tracking.dagster_tags(context.run_id, asset_key, partition)
+        run_url = f"{self.dagster_url()}/runs/{context.run_id}"
+        tags = {**tracking.dagster_tags(context.run_id, asset_key, partition), "dagster.run_url": run_url,
+                "dagster.job": context.job_name}  # fmt: skip
         name = f"{asset_key}" + (f"[{partition}]" if partition else "")
+        for mlflow_run, status in self.close_stale_runs(context.instance, context.run_id):
+            context.log.warning(f"MLflow run {mlflow_run} of an ended or dead Dagster run closed as {status}")
+        note = run_description(asset_key, partition, context.job_name, run_url, self.dagster_url())
         with tracking.start_run(self.uri(), self.experiment_name, name, tags, artifact_root=self.artifacts(),
-                                ui_url=self.ui_url) as run:  # fmt: skip
+                                ui_url=self.mlflow_url(), description=note,
+                                experiment_description=EXPERIMENT_DESCRIPTION,
+                                experiment_tags=EXPERIMENT_TAGS) as run:  # fmt: skip
             context.log.info(f"MLflow run {run.run_id}: {run.url}")
             yield run
+
+
+@dg.failure_hook(required_resource_keys={"mlflow"})
+def mlflow_run_follows_step(context: dg.HookContext) -> None:
+    """A step that fails after its MLflow run ended (the IO manager's write, a check) marks that run
+    FAILED, so MLflow never shows FINISHED for a materialization Dagster reports as failed."""
+    mlflow: MlflowResource = context.resources.mlflow
+    asset = context.op.name
+
+    def status_for(dagster_run_id: str) -> str | None:
+        return "FAILED" if dagster_run_id == context.run_id else None
+
+    query = f"tags.`dagster.run_id` = '{context.run_id}' and tags.`dagster.asset_key` = '{asset}'"
+    tracking.close_runs(mlflow.uri(), mlflow.experiment_name, status_for, query=query)

@@ -113,6 +113,16 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def version_tags(tracking_uri: str, name: str, version: str) -> dict[str, str]:
+    """The tags of a registered version ({} when it does not exist)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(_client(tracking_uri).get_model_version(name, str(version)).tags or {})
+    except MlflowException:
+        return {}
+
+
 def alias_version(tracking_uri: str, name: str, alias: str):
     """The ModelVersion under `alias`, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
@@ -150,15 +160,20 @@ def set_champion(tracking_uri: str, name: str, version: str) -> None:
 
 def download_checkpoint(tracking_uri: str, name: str, version: str, dest: str | Path) -> Path:
     """The checkpoint directory of a registered pyfunc version (artifact `checkpoint`), downloaded
-    once to `dest/<name>/<version>` and reused (stable files keep the embedding cache warm)."""
+    once to `dest/<name>/<version>-<source hash>` and reused (stable files keep the embedding cache
+    warm). The folder is keyed by where the version's files are, not by its number alone: a registry
+    recreated next to old downloads reuses version numbers, and "version 1" must not be served the
+    files of another model."""
+    import hashlib
+
     import mlflow.artifacts
 
     from unime_assets.io import atomic_dir
 
-    out = Path(dest) / name / str(version)
+    # Resolve through this registry explicitly: `models:/` URIs would use the global registry URI.
+    source = _client(tracking_uri).get_model_version_download_uri(name, str(version))
+    out = Path(dest) / name / f"{version}-{hashlib.sha256(source.encode()).hexdigest()[:12]}"
     if not out.is_dir():
-        # Resolve through this registry explicitly: `models:/` URIs would use the global registry URI.
-        source = _client(tracking_uri).get_model_version_download_uri(name, str(version))
         with atomic_dir(out) as tmp:
             mlflow.artifacts.download_artifacts(
                 artifact_uri=source, dst_path=str(tmp), tracking_uri=tracking_uri

@@ -61,9 +61,10 @@ def _ordered(subsets: Sequence[str], info: Mapping[str, SubsetInfo]) -> list[str
     return sorted(subsets, key=lambda n: (META_TASKS.index(info[n].meta_task), info[n].split, pos[n]))
 
 
-def per_dataset_markdown(per_model: Mapping[str, Mapping[str, float]], info: Mapping[str, SubsetInfo],
-                         published: Sequence[Published] = ()) -> str:  # fmt: skip
-    """Precision@1 (%) per evaluated dataset, our models then the published ones that have per-dataset values."""
+def per_dataset_rows(per_model: Mapping[str, Mapping[str, float]], info: Mapping[str, SubsetInfo],
+                     published: Sequence[Published] = ()) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+    """(header, rows): Precision@1 (%) per evaluated dataset, our models then the published ones that have
+    per-dataset values."""
     subsets = _ordered(list(next(iter(per_model.values()), {})), info)
     pubs = [p for p in published if p.per_dataset]
     header = ["dataset", "meta-task", "split", *per_model, *(f"{p.label} (published)" for p in pubs)]
@@ -72,12 +73,23 @@ def per_dataset_markdown(per_model: Mapping[str, Mapping[str, float]], info: Map
          *(_num(p.per_dataset.get(n)) for p in pubs)]
         for n in subsets
     ]  # fmt: skip
-    return markdown_table(header, rows)
+    return header, rows
+
+
+def per_dataset_markdown(per_model: Mapping[str, Mapping[str, float]], info: Mapping[str, SubsetInfo],
+                         published: Sequence[Published] = ()) -> str:  # fmt: skip
+    return markdown_table(*per_dataset_rows(per_model, info, published))
 
 
 def aggregate_markdown(per_model: Mapping[str, Mapping[str, float]], info: Mapping[str, SubsetInfo],
                        published: Sequence[Published] = (), *, n_configured: int | None = None) -> str:  # fmt: skip
-    """Means per meta-task, IND, OOD and overall (= mean over datasets) for our models; the published
+    return markdown_table(*aggregate_rows(per_model, info, published, n_configured=n_configured))
+
+
+def aggregate_rows(per_model: Mapping[str, Mapping[str, float]], info: Mapping[str, SubsetInfo],
+                   published: Sequence[Published] = (), *,
+                   n_configured: int | None = None) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+    """(header, rows): means per meta-task, IND, OOD and overall (= mean over datasets) for our models; the published
     aggregates below them, and, on a partial evaluation, the published per-dataset numbers averaged
     over the same datasets so the comparison is like for like."""
     header = ["model", *(_AGG_HEADERS[k] for k in AGGREGATE_KEYS), "datasets"]
@@ -98,7 +110,7 @@ def aggregate_markdown(per_model: Mapping[str, Mapping[str, float]], info: Mappi
             agg = aggregate(same, info)
             rows.append([f"{p.label} (published, same {len(same)} datasets)", *(_num(agg[k]) for k in AGGREGATE_KEYS),
                          str(len(same))])  # fmt: skip
-    return markdown_table(header, rows)
+    return header, rows
 
 
 def sources_markdown(published: Sequence[Published]) -> str:

@@ -97,7 +97,8 @@ def encode(model: ModelHandle, items: Sequence[Item], images: ImageLoader, *, ba
     if cache_dir is None:
         return compute(list(range(len(items)))), EncodeStats(encoded=len(items))
     resize = images.resize[0] if images.resize else None
-    cache = EmbeddingCache(cache_dir, model.cache_namespace(resize))
+    cache = EmbeddingCache(cache_dir, model.cache_namespace(resize),
+                           source={"model": str(model.path), "fingerprint": model.fingerprint})  # fmt: skip
     keys = item_keys(items, image_digests(images.root, cache_dir))
     emb, stats = cache.get_or_compute(keys, compute)
     return emb, EncodeStats(encoded=stats.n_encoded, cached=stats.n_cached)
@@ -239,6 +240,7 @@ def load_rerank(cache_dir: str | Path, key: str) -> RerankOutcome | None:
     f = Path(cache_dir) / f"{key}.json"
     if not f.is_file():
         return None
+    f.touch()  # its mtime is its last use (garbage collection: unime_assets.maintenance)
     d = json.loads(f.read_text())
     return RerankOutcome(d["precision_at_1"], d["unparsable"], d["n_rows"], d["mode"], d["orders"], d.get("hits", []))
 

@@ -7,14 +7,17 @@ Modules: `prompt` (prompt text, message layout, the score formula, Yes/No ids), 
 one-pair-per-pass reference and batched transformers scoring), `prefix_shared` (the fast engine:
 query prefix once in a KV cache, each image encoded once), `vllm_backend` (optional, GPU only,
 imported on use), `engines` (backend choice), `shards` (resumable, content-keyed shards),
-`pool_scoring` (a partition's candidate pool), `quality` (held-out AUC and score statistics).
+`pool_scoring` (a partition's candidate pool), `quality` (held-out AUC and score statistics),
+`ensemble` (several judges' scores combined per pair by a rule, and their agreement).
 
 Public functions: `judge_score_from_logits`, `pairwise_messages`, `yes_no_token_ids`,
 `score_pairs_plain`, `score_pairs`, `make_engine`, `score_candidate_pool`, `held_out_pairs`,
-`score_quality`.
+`score_quality`, `align_tables`, `combine`, `agreement`.
 """
 
 from unime_assets.judging.engines import JudgeEngine, engine_id, make_engine
+from unime_assets.judging.ensemble import RULES as ENSEMBLE_RULES
+from unime_assets.judging.ensemble import agreement, align_tables, combine, reliability_weights, to_table
 from unime_assets.judging.plain import BatchedPairsJudge, score_pairs, score_pairs_plain
 from unime_assets.judging.pool_scoring import pool_groups, score_candidate_pool
 from unime_assets.judging.prefix_shared import PrefixSharedJudge
@@ -31,11 +34,15 @@ from unime_assets.judging.prompt import (
 from unime_assets.judging.quality import held_out_pairs, score_quality
 
 __all__ = [
+    "ENSEMBLE_RULES",
     "PAIRWISE_PROMPT",
     "PROMPT_VERSION",
     "BatchedPairsJudge",
     "JudgeEngine",
     "PrefixSharedJudge",
+    "agreement",
+    "align_tables",
+    "combine",
     "engine_id",
     "held_out_pairs",
     "item_content",
@@ -47,7 +54,9 @@ __all__ = [
     "score_candidate_pool",
     "score_pairs",
     "score_pairs_plain",
+    "reliability_weights",
     "score_quality",
     "strip_placeholder",
+    "to_table",
     "yes_no_token_ids",
 ]

@@ -22,6 +22,7 @@ from unime_assets.judging.prompt import (
     yes_no_token_ids,
 )
 from unime_assets.models.encoding import Item
+from unime_assets.quiet import bar_disabled
 
 
 @torch.inference_mode()
@@ -69,9 +70,10 @@ def score_pairs(
         )
         for q, c in pairs
     ]
-    order = sorted(range(len(pairs)), key=lambda i: (len(prompts[i]), prompts[i].count("<|image_pad|>")))
+    # length buckets; the image count is family-neutral (placeholders differ between families)
+    order = sorted(range(len(pairs)), key=lambda i: (len(prompts[i]), bool(pairs[i][0].image) + bool(pairs[i][1].image)))
     scores = np.zeros(len(pairs), dtype=np.float64)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=bar_disabled(progress), leave=False):
         idx = order[start : start + batch_size]
         imgs = pair_images([pairs[i] for i in idx], images)
         inputs = processor(

@@ -15,6 +15,8 @@ from unime_assets.judging import shards as js
 from unime_assets.judging.engines import JudgeEngine, engine_id, make_engine
 from unime_assets.judging.prompt import PAIRWISE_PROMPT, PROMPT_VERSION
 from unime_assets.models.encoding import Item
+from unime_assets.models.processors import model_type
+from unime_assets.quiet import bar_disabled
 
 
 def pool_groups(train, candidates, pool) -> tuple[list[str], list[tuple[Item, list[Item]]]]:
@@ -50,6 +52,8 @@ def score_candidate_pool(
     share_prefix: bool = True,
     image_cache_mb: int = 2048,
     vllm_options: Mapping[str, Any] | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool | None = None,
     prompt: str = PAIRWISE_PROMPT,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
@@ -59,7 +63,7 @@ def score_candidate_pool(
     `pos_score` and `cand_scores` aligned with the pool's `cand_ids`.
 
     With `shard_dir`, every `shard_queries` queries are written there as one parquet shard, keyed by
-    the judge's fingerprint, PROMPT_VERSION and prompt, backend and dtype, and the shard's inputs; a
+    the judge's fingerprint and family, PROMPT_VERSION and prompt, backend and dtype, and the shard's inputs; a
     restarted run loads the shards it finds and scores only the rest (the judge is loaded only if
     a shard is missing). `on_batch(pairs_done, pairs_total)` reports progress (loaded shards count as
     done); `on_shard(index, n_shards, computed)` runs after each shard is available.
@@ -75,17 +79,22 @@ def score_candidate_pool(
         if engine is None:
             engine = make_engine(judge_path, image_root, backend=backend, batch_size=batch_size,
                                  share_prefix=share_prefix, image_cache_mb=image_cache_mb, prompt=prompt,
-                                 vllm_options=vllm_options)  # fmt: skip
+                                 vllm_options=vllm_options, dtype=dtype,
+                                 trust_remote_code=trust_remote_code)  # fmt: skip
         return engine
 
-    engine_name = engine_id(backend, vllm_options)
+    engine_name = engine_id(backend, vllm_options, dtype)
+    family = model_type(judge_path)
     run = (
-        js.run_key(checkpoint_fingerprint(judge_path), PROMPT_VERSION, prompt, engine_name) if shard_dir else ""
+        js.run_key(checkpoint_fingerprint(judge_path), PROMPT_VERSION, prompt, engine_name, family)
+        if shard_dir
+        else ""
     )
     total = sum(len(c) for _, c in groups)
     done = 0
     parts: list[pl.DataFrame] = []
-    for index, (lo, hi) in enumerate(tqdm(bounds, desc="judge shards", disable=not progress, leave=False)):
+    used: list[Path] = []
+    for index, (lo, hi) in enumerate(tqdm(bounds, desc="judge shards", disable=bar_disabled(progress), leave=False)):
         ids, grp = pair_ids[lo:hi], groups[lo:hi]
         n_cands = [len(c) - 1 for _, c in grp]
         path = (
@@ -94,6 +103,8 @@ def score_candidate_pool(
             else None
         )
         df = js.read_shard(path, ids, n_cands) if path is not None else None
+        if path is not None:
+            used.append(path)
         computed = df is None
         if df is None:
 
@@ -111,7 +122,7 @@ def score_candidate_pool(
             )  # fmt: skip
             if path is not None:
                 js.write_shard(df, path, {"run_key": run, "prompt_version": PROMPT_VERSION, "judge": str(judge_path),
-                                          "engine": engine_name, "queries": [lo, hi]})  # fmt: skip
+                                          "family": family, "engine": engine_name, "queries": [lo, hi]})  # fmt: skip
         else:
             done += sum(len(c) for _, c in grp)
             if on_batch is not None:
@@ -120,6 +131,8 @@ def score_candidate_pool(
         if on_shard is not None:
             on_shard(index, len(bounds), computed)
     digests.save()
+    if shard_dir is not None:
+        js.write_manifest(shard_dir, used)
     if not parts:
         return pl.DataFrame(schema=js.SHARD_SCHEMA)
     return pl.concat(parts, how="vertical")

@@ -56,6 +56,7 @@ class ImageFeatureCache:
         self._lru: OrderedDict[str, EncodedImage] = OrderedDict()
         self._bytes = 0
         self.encoded = 0  # images sent through the vision tower (tests and benchmarks read it)
+        self.patches = self.patches_sq = 0  # their vision patches, and squared per image (attention work)
 
     def _put(self, path: str, enc: EncodedImage) -> None:
         size = enc.features.numel() * enc.features.element_size()
@@ -101,6 +102,8 @@ class ImageFeatureCache:
                 out[missing[i]] = enc
                 self._put(missing[i], enc)
             self.encoded += end - start
+            self.patches += int(offsets[end] - offsets[start])
+            self.patches_sq += sum(p * p for p in n_patches[start:end])
             start = end
         return out
 
@@ -173,6 +176,9 @@ class PrefixSharedJudge:
         self.cache = ImageFeatureCache(model, processor, images, max_bytes=image_cache_mb * 2**20)
         self.forwards = 0  # language-model forward passes, prefix ones counted apart (tests and benchmark)
         self.prefix_forwards = 0
+        # LM work done, for FLOP counts: tokens run (suffix padding included), the attention context they
+        # saw (sum over tokens of the keys attended), and rows sent to lm_head
+        self.work = {"tokens": 0, "context": 0, "head_rows": 0, "prefix_tokens": 0}
 
     # -- text side -------------------------------------------------------------------------------------
     def _render(self, query: Item, cand: Item) -> str:
@@ -209,6 +215,12 @@ class PrefixSharedJudge:
         )
         return out.last_hidden_state
 
+    def _count(self, rows: int, cached: int, width: int, head_rows: int) -> None:
+        """A pass of `rows` x `width` tokens after `cached` cached ones: causal context cached + 1 .. + width."""
+        self.work["tokens"] += rows * width
+        self.work["context"] += rows * (width * cached + width * (width + 1) // 2)
+        self.work["head_rows"] += head_rows
+
     @torch.inference_mode()
     def score_group(self, query: Item, cands: Sequence[Item]) -> np.ndarray:
         """Scores of (query, c) for each candidate, in the given order."""
@@ -243,6 +255,8 @@ class PrefixSharedJudge:
             pos = self._positions(ids, torch.ones_like(ids), [e.grid for e in imgs])
             cache = DynamicCache(config=self.model.config)
             self.prefix_forwards += 1
+            self._count(1, 0, k, 0)
+            self.work["prefix_tokens"] += k
             self._lm(self._embed(ids, [e.features for e in imgs]), pos, cache)
             cache_kv = [(layer.keys, layer.values) for layer in cache.layers]
             offset = int(pos.max()) + 1
@@ -270,6 +284,7 @@ class PrefixSharedJudge:
                     ],
                     config=self.model.config,
                 )
+            self._count(len(idx), k, width, len(idx))
             hidden = self._lm(self._embed(ids, [e.features for e in imgs]), pos, batch_cache)
             last = hidden[
                 torch.arange(len(idx), device=self.device), torch.as_tensor(lens, device=self.device) - 1

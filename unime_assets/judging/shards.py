@@ -1,8 +1,11 @@
 """Resumable judge scoring: shards of queries written atomically, keyed by everything that sets a score.
 
-A shard's file name carries a hash of (judge checkpoint fingerprint, prompt version and text, backend
-and dtype, the shard's input content with image bytes), all by `unime_assets.fingerprints`.
+A shard's file name carries a hash of (judge checkpoint fingerprint, model family, prompt version and
+text, backend and dtype, the shard's input content with image bytes), all by `unime_assets.fingerprints`.
 A restarted run finds the shards it already wrote and skips them; a changed judge, prompt or input gives another key, so stale scores are never reused.
+
+A finished scoring writes `cache/current-shards.json` (the shard files it is made of); every other shard in the
+folder is stale (`stale_shards`): made by another judge, prompt or input. Garbage collection removes them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from unime_assets.io import atomic_path, write_parquet
 from unime_assets.models.encoding import Item
 
 SHARD_SCHEMA = {"pair_id": pl.Utf8, "pos_score": pl.Float64, "cand_scores": pl.List(pl.Float64)}
+MANIFEST = "cache/current-shards.json"  # beside the image digests: the folder itself holds only shards
 
 
 def content_hash(pair_ids: Sequence[str], groups: Sequence[tuple[Item, Sequence[Item]]],
@@ -34,9 +38,10 @@ def content_hash(pair_ids: Sequence[str], groups: Sequence[tuple[Item, Sequence[
     return hash_fields(*fields)
 
 
-def run_key(model_fp: str, prompt_version: str, prompt: str, engine_id: str) -> str:
-    """What every shard of one scoring configuration shares."""
-    return hash_fields("judge-run", model_fp, prompt_version, prompt, engine_id)
+def run_key(model_fp: str, prompt_version: str, prompt: str, engine_id: str, family: str) -> str:
+    """What every shard of one scoring configuration shares: the judge checkpoint, its family, the
+    prompt (version and text) and the backend with its dtype."""
+    return hash_fields("judge-run", model_fp, family, prompt_version, prompt, engine_id)
 
 
 def shard_key(run: str, content: str) -> str:
@@ -72,3 +77,24 @@ def read_shard(path: Path, pair_ids: Iterable[str], n_cands: Sequence[int]) -> p
             or df["cand_scores"].list.len().to_list() != list(n_cands)):  # fmt: skip
         return None
     return df
+
+
+def write_manifest(shard_dir: str | os.PathLike, shards: Sequence[Path]) -> None:
+    """The shard files the latest finished scoring of this folder is made of."""
+    with atomic_path(Path(shard_dir) / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"shards": sorted(p.name for p in shards)}, indent=1))
+
+
+def stale_shards(shard_dir: str | os.PathLike) -> list[Path]:
+    """Shards (and sidecars) of the folder that its latest finished scoring did not use; [] without a
+    manifest (nothing is known to be stale). Shards newer than the manifest belong to a scoring in
+    progress and stay."""
+    d = Path(shard_dir)
+    try:
+        current = set(json.loads((d / MANIFEST).read_text())["shards"])
+        written = (d / MANIFEST).stat().st_mtime
+    except (OSError, ValueError, KeyError):
+        return []
+    keep = current | {Path(n).with_suffix(".json").name for n in current}
+    return [p for p in sorted(d.glob("judge-*"))
+            if p.suffix in (".parquet", ".json") and p.name not in keep and p.stat().st_mtime <= written]  # fmt: skip

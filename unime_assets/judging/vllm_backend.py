@@ -55,12 +55,14 @@ class VllmJudge:
     ) -> None:
         from vllm import LLM, SamplingParams  # optional dependency: imported only when this backend is chosen
 
+        from unime_assets.models.loading import remote_code_allowed
         from unime_assets.models.processors import load_processor
 
         self.processor = load_processor(judge_path)  # chat template and Yes/No ids of the checkpoint itself
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
         self.images, self.prompt, self.requests_per_call = images, prompt, requests_per_call
         llm_kwargs.setdefault("enable_prefix_caching", True)
+        llm_kwargs.setdefault("trust_remote_code", remote_code_allowed(judge_path))  # as configured, like HF
         self.llm = LLM(model=judge_path, dtype=dtype, limit_mm_per_prompt={"image": 2}, **llm_kwargs)
         self.params = SamplingParams(
             max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, allowed_token_ids=[self.yes_id, self.no_id]

@@ -17,7 +17,18 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from unime_assets.quiet import bar_disabled
+
 MMEB_IMAGE_PLACEHOLDER = "<|image_1|>"
+
+
+class ItemError(ValueError):
+    """An item that cannot be turned into model inputs (its image does not load, or its text has no
+    slot for its image). Carries the item's image path and text so a caller can name the row."""
+
+    def __init__(self, message: str, *, image: str = "", text: str = "") -> None:
+        super().__init__(message)
+        self.image, self.text = image, text
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,8 @@ class Item:
 def model_text(text: str, has_image: bool, image_token: str) -> str:
     # An item without an image (e.g. WebQA train queries) may still carry the placeholder; the Qwen
     # processor would count it as an image slot, so it is dropped rather than kept as a token.
+    if has_image and not text.strip():  # an image-only item: the image's slot is its whole text
+        return image_token
     return text.replace(MMEB_IMAGE_PLACEHOLDER, image_token if has_image else "")
 
 
@@ -60,7 +73,10 @@ class ImageLoader:
     def __call__(self, rel: str) -> Image.Image:
         img = self._cache.get(rel)
         if img is None:
-            img = self._load(self._resolve(self.root, rel), resize=self.resize)
+            try:
+                img = self._load(self._resolve(self.root, rel), resize=self.resize)
+            except Exception as e:  # PIL's "image file is truncated" names no file: this does
+                raise ItemError(f"image {rel!r} under {self.root}: {type(e).__name__}: {e}", image=rel) from e
             if len(self._cache) < self._cache_size:
                 self._cache[rel] = img
         return img
@@ -70,6 +86,11 @@ def embed_inputs(items: Sequence[Item], processor, images: Callable[[str], Image
                  max_length: int | None = None):  # fmt: skip
     """Processor inputs of a batch; `max_length` truncates each sequence on the right (the official
     embedder's --max_len), after the image tokens are expanded."""
+    for it in items:  # the processor pairs each image slot with an image; its error names neither
+        if it.image and it.text.strip() and it.text.count(MMEB_IMAGE_PLACEHOLDER) != 1:
+            raise ItemError(f"item with image {it.image!r} has {it.text.count(MMEB_IMAGE_PLACEHOLDER)} "
+                            f"'{MMEB_IMAGE_PLACEHOLDER}' placeholders in its text {it.text[:80]!r}, not one",
+                            image=it.image, text=it.text)  # fmt: skip
     texts = [model_text(it.text, bool(it.image), image_token) for it in items]
     imgs = [images(it.image) for it in items if it.image]
     trunc = {"truncation": True, "max_length": max_length} if max_length else {}
@@ -105,7 +126,7 @@ def encode_items(
     device = next(model.parameters()).device
     order = sorted(range(len(items)), key=lambda i: _length_key(items[i]))
     out: np.ndarray | None = None
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=bar_disabled(progress), leave=False):
         idx = order[start : start + batch_size]
         inputs = embed_inputs([items[i] for i in idx], processor, images, image_token).to(device)
         emb = forward_embeddings(model, inputs).cpu().numpy()

@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL processors that work without torchvision.
+"""Qwen2-VL / Qwen2.5-VL / InternVL processors that work without torchvision.
 
 transformers 5.x type-checks the processor's video slot against a torchvision-backed class, so
 `Qwen2VLProcessor(...)` raises and `AutoProcessor` silently returns only the tokenizer when
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+from transformers import InternVLProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
@@ -24,8 +24,20 @@ class ImageOnlyQwen25VLProcessor(Qwen2_5_VLProcessor):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
 
-PROCESSORS = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen25VLProcessor}
-IMAGE_TOKEN = {"qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>"}
+class ImageOnlyInternVLProcessor(InternVLProcessor):
+    """InternVL (InternVL3 `-hf` checkpoints, transformers-native): its image processor has a PIL
+    variant (`GotOcr2ImageProcessorPil`), only the video slot needs torchvision."""
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None,
+                 **kwargs):  # fmt: skip
+        super().__init__(image_processor, tokenizer, None, image_seq_length=image_seq_length,
+                         chat_template=chat_template, **kwargs)  # fmt: skip
+
+
+# Per config.json `model_type`; what else differs between families is in models/families.py.
+PROCESSORS = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen25VLProcessor,
+              "internvl": ImageOnlyInternVLProcessor}  # fmt: skip
+IMAGE_TOKEN = {"qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "internvl": "<IMG_CONTEXT>"}
 
 
 def checkpoint_config(path: str | Path) -> dict:

@@ -1,9 +1,11 @@
-"""Tiny, randomly initialised Qwen2-VL / Qwen2.5-VL checkpoints built locally (no hub).
+"""Tiny, randomly initialised Qwen2-VL / Qwen2.5-VL / InternVL3 checkpoints built locally (no hub).
 
 The embedded default needs real model classes (same forward, processor, chat template and
 `from_pretrained` path as a 2B/7B checkpoint) at a size that trains in seconds on a CPU. The
 tokenizer is a byte-level BPE trained on the synthetic corpus plus the judge/reranker prompts,
-with the Qwen special tokens, so "Yes"/"No" and "Ans: (i)" are real tokens.
+with the Qwen special tokens, so "Yes"/"No" and "Ans: (i)" are real tokens. InternVL3 (a second
+judge family) gets the same BPE plus its own named image tokens and chat template
+(`family_tokenizer`; the family facts are in models/families.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    GotOcr2ImageProcessorPil,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -23,7 +28,12 @@ from transformers import (
 )
 
 from unime_assets.io import atomic_dir
-from unime_assets.models.processors import ImageOnlyQwen2VLProcessor, ImageOnlyQwen25VLProcessor
+from unime_assets.models.families import get_family
+from unime_assets.models.processors import (
+    ImageOnlyInternVLProcessor,
+    ImageOnlyQwen2VLProcessor,
+    ImageOnlyQwen25VLProcessor,
+)
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -145,6 +155,11 @@ def build_tiny_checkpoint(
     seed: int = 0,
 ) -> Path:
     """Write a random-init checkpoint (safetensors + processor) that `from_pretrained` loads back."""
+    if family == "internvl":  # InternVL3: its own tokens, template, vision tower and image processor
+        torch.manual_seed(seed)
+        config, processor = _internvl_parts(tokenizer, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
+                                            vis_embed=vis_embed, vis_depth=vis_depth)  # fmt: skip
+        return _write_checkpoint(out_dir, InternVLForConditionalGeneration, config, processor, init_std)
     if family == "qwen2_vl":
         cfg_cls, model_cls, proc_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration, ImageOnlyQwen2VLProcessor
     elif family == "qwen2_5_vl":
@@ -156,16 +171,67 @@ def build_tiny_checkpoint(
     torch.manual_seed(seed)
     config = _config(cfg_cls, tokenizer, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
                      vis_embed=vis_embed, vis_depth=vis_depth)  # fmt: skip
-    config.initializer_range = init_std
-    model = model_cls(config)
-    _reinit(model, init_std)
     processor = proc_cls(
         image_processor=Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
+    return _write_checkpoint(out_dir, model_cls, config, processor, init_std)
+
+
+def _write_checkpoint(out_dir: str | Path, model_cls, config, processor, init_std: float) -> Path:
+    """Instantiate with weights drawn at `init_std` and save model + processor atomically."""
+    config.initializer_range = init_std
+    model = model_cls(config)
+    _reinit(model, init_std)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
     return out_dir
+
+
+def family_tokenizer(base: PreTrainedTokenizerFast, family: str) -> PreTrainedTokenizerFast:
+    """`base` (the tiny BPE) as the tokenizer of a `family` checkpoint: a copy with the family's named
+    special tokens (InternVL's <img>, </img>, <IMG_CONTEXT>, <video>) and its chat template. Same
+    words, same ids for them; the added tokens get new ids, so per-tokenizer lookups are exercised."""
+    fam = get_family(family)
+    if not fam.special_tokens and fam.chat_template is None:
+        return base
+    named = dict(fam.special_tokens)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(base.backend_tokenizer.to_str()),
+        eos_token=base.eos_token,
+        pad_token=base.pad_token,
+        extra_special_tokens=[*base.extra_special_tokens, *named.values()],
+        model_specific_special_tokens=named,
+        padding_side="left",
+        chat_template=fam.chat_template or CHAT_TEMPLATE,
+    )
+
+
+def _internvl_parts(base_tokenizer: PreTrainedTokenizerFast, *, hidden: int, layers: int, heads: int,
+                    kv_heads: int, vis_embed: int, vis_depth: int, tile: int = 56, max_tiles: int = 2):  # fmt: skip
+    """Config and processor of a tiny InternVL3-architecture checkpoint (InternViT-style tower,
+    pixel-shuffle MLP projector, Qwen2 language model; transformers-native) with the GotOcr2 PIL
+    image processor. Images are cut into at most `max_tiles` tiles of `tile` pixels plus a thumbnail,
+    as InternVL3 does at 448; a tile is (tile/14)^2 / 4 = 4 image tokens, the tiny Qwen's order of size.
+    """
+    tok = family_tokenizer(base_tokenizer, "internvl")
+    patch = 14
+    text_config = dict(
+        model_type="qwen2", vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=4096, rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    vision_config = dict(hidden_size=vis_embed, num_hidden_layers=vis_depth, num_attention_heads=4,
+                         intermediate_size=vis_embed * 2, image_size=[tile, tile], patch_size=[patch, patch])  # fmt: skip
+    config = InternVLConfig(text_config=text_config, vision_config=vision_config, downsample_ratio=0.5,
+                            image_token_id=tok.context_image_token_id, tie_word_embeddings=True)  # fmt: skip
+    image_processor = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
+                                               min_patches=1, max_patches=max_tiles)  # fmt: skip
+    processor = ImageOnlyInternVLProcessor(image_processor=image_processor, tokenizer=tok,
+                                           image_seq_length=(tile // patch) ** 2 // 4,
+                                           chat_template=tok.chat_template)  # fmt: skip
+    return config, processor

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from unime_assets.config import RERANK_MAX_PIXELS
 from unime_assets.judging.plain import score_pairs
 from unime_assets.models.encoding import Item
+from unime_assets.quiet import bar_disabled
 from unime_assets.reranking.prompts import images_of, listwise_messages
 
 # Qwen2.5-VL's patch grid: sides are multiples of 28 (14-pixel patches merged 2x2).
@@ -74,7 +75,7 @@ def rerank_listwise(model, processor, queries: Sequence[Item], candidate_lists: 
     answers = [""] * len(queries)
     order = sorted(range(len(queries)), key=lambda i: len(prompts[i]))
     pad_id = processor.tokenizer.pad_token_id
-    for start in tqdm(range(0, len(order), batch_size), desc="rerank", disable=not progress, leave=False):
+    for start in tqdm(range(0, len(order), batch_size), desc="rerank", disable=bar_disabled(progress), leave=False):
         idx = order[start : start + batch_size]
         imgs = [images(p) for i in idx for p in images_of([queries[i], *candidate_lists[i]])]
         inputs = processor(

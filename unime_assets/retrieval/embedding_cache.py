@@ -18,14 +18,22 @@ missing row, and a killed run keeps what it encoded); when more than `max_shards
 are merged into one. Several processes (one per partition) may share a folder: appends and reads
 hold a shared `flock`, merging an exclusive one taken without waiting, so a busy cache merges later
 instead of blocking.
+
+Garbage collection (`stale_namespaces`, `orphan_shards`; run by `unime_assets.maintenance`): each
+namespace records the checkpoint it was made from (`namespace.json`: path and fingerprint) and when
+it was last used (`.last_used`). A namespace whose checkpoint was retrained or deleted, or that was
+not used for `max_idle` seconds, is stale; so is a shard without its key table (a merge killed
+between its two deletions).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +46,8 @@ from unime_assets.io import atomic_path
 # Bump when pooling, normalisation or text preprocessing of `models/encoding.py` changes.
 ENCODING_VERSION = "last-token-l2norm-v1"
 IMAGE_DIGESTS_FILE = "image-digests.parquet"
+SOURCE_FILE = "namespace.json"  # {"model": checkpoint path, "fingerprint": its fingerprint}
+USED_FILE = ".last_used"  # its mtime: the namespace's last lookup or append
 
 
 def namespace(
@@ -73,11 +83,21 @@ class CacheStats:
 class EmbeddingCache:
     """Embeddings of one namespace under `root/<namespace>/`; see the module docstring."""
 
-    def __init__(self, root: str | os.PathLike, namespace: str, *, max_shards: int = 8):
+    def __init__(self, root: str | os.PathLike, namespace: str, *, max_shards: int = 8,
+                 source: Mapping[str, str] | None = None):  # fmt: skip
         if max_shards < 1:
             raise ValueError(f"max_shards must be >= 1, got {max_shards}")
         self.dir = Path(root) / namespace
         self.max_shards = max_shards
+        self.source = dict(source) if source else None  # the checkpoint it encodes with (for GC)
+
+    def mark_used(self) -> None:
+        """Record the use (and, once, the source checkpoint) for garbage collection."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.source and not (self.dir / SOURCE_FILE).is_file():
+            with atomic_path(self.dir / SOURCE_FILE) as tmp:
+                tmp.write_text(json.dumps(self.source))
+        (self.dir / USED_FILE).touch()
 
     # --- locking ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -216,6 +236,7 @@ class EmbeddingCache:
         """
         if not len(keys):
             raise ValueError("embedding cache: no keys")
+        self.mark_used()
         first: dict[str, int] = {}
         for i, k in enumerate(keys):
             first.setdefault(k, i)
@@ -245,3 +266,55 @@ class EmbeddingCache:
             out = uniq_emb[np.fromiter((where[k] for k in keys), dtype=np.int64, count=len(keys))]
         stats = CacheStats(len(keys), len(uniq), int(found.sum()), len(missing))
         return out, stats
+
+
+# --- garbage collection ---------------------------------------------------------------------------
+
+
+def _last_used(d: Path) -> float:
+    used = d / USED_FILE
+    if used.exists():
+        return used.stat().st_mtime
+    return max((p.stat().st_mtime for p in d.iterdir()), default=d.stat().st_mtime)
+
+
+def _source_changed(d: Path) -> str | None:
+    """Why the namespace's checkpoint no longer exists as it was, or None (unchanged or unknown)."""
+    from unime_assets.fingerprints import checkpoint_fingerprint
+
+    try:
+        src = json.loads((d / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    model = Path(src.get("model", ""))
+    if not model.is_dir():
+        return f"its checkpoint {model} is gone"
+    try:
+        if checkpoint_fingerprint(model) != src.get("fingerprint"):
+            return f"its checkpoint {model} was retrained"
+    except OSError:
+        return f"its checkpoint {model} is unreadable"
+    return None
+
+
+def stale_namespaces(root: str | os.PathLike, *, max_idle: float, min_idle: float = 3600.0,
+                     now: float | None = None) -> list[tuple[Path, str]]:  # fmt: skip
+    """(namespace folder, reason) for each namespace whose checkpoint changed and that was not used
+    for `min_idle` seconds (a running evaluation may still be writing), or unused for `max_idle`."""
+    root, now = Path(root), time.time() if now is None else now
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
+        idle = now - _last_used(d)
+        if idle > max_idle:
+            out.append((d, f"not used for {idle / 86400:.1f} days"))
+        elif idle > min_idle and (why := _source_changed(d)):
+            out.append((d, why))
+    return out
+
+
+def orphan_shards(namespace_dir: str | os.PathLike, *, min_age: float = 3600.0, now: float | None = None) -> list[Path]:
+    """Embedding shards without their key table (no key points at them), older than `min_age` seconds."""
+    d, now = Path(namespace_dir), time.time() if now is None else now
+    return [p for p in sorted(d.glob("shard-*.npy"))
+            if not (d / f"keys-{p.name[len('shard-'):-len('.npy')]}.parquet").exists()
+            and now - p.stat().st_mtime > min_age]  # fmt: skip

@@ -90,7 +90,8 @@ def encode_cached(
         where = {key: j for j, key in enumerate(first)}
         out = emb[[where[key] for key in keys]] if len(first) != len(keys) else emb
         return out, CacheStats(len(keys), len(first), 0, len(first))
-    cache = EmbeddingCache(cache_dir, namespace(retriever.fingerprint, dtype=retriever.dtype))
+    cache = EmbeddingCache(cache_dir, namespace(retriever.fingerprint, dtype=retriever.dtype),
+                           source={"model": str(retriever.path), "fingerprint": retriever.fingerprint})  # fmt: skip
     return cache.get_or_compute(keys, compute)
 
 

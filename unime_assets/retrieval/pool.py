@@ -81,6 +81,7 @@ def _search_partition(
         "n_cached": cstats.n_cached,
         "n_deepened": res.n_deepened,
         "n_exact_fallback": res.n_exact,
+        "search_method": res.method,
         "index_kind": ci.kind,
         "gpu": on_gpu,
         "search_seconds": round(time.perf_counter() - t0, 3),

@@ -11,13 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import faiss
 import numpy as np
 import polars as pl
 
+from unime_assets.retrieval.screened import (
+    ScreenStats,
+    fast_bf16_matmul,
+    screened_filtered_topk,
+    torch_filtered_topk,
+)
+
 # GPU FAISS answers at most k = 2048 per search; deeper searches take the exact numpy path.
 MAX_SEARCH_DEPTH = 2048
+# `method="auto"` scans in torch (bf16-screened where the CPU has native bf16) from this much work on
+# (queries x pool x dim multiply-adds) and this dimension on; below, FAISS is as fast or faster.
+TORCH_MIN_WORK = 10**11
+TORCH_MIN_DIM = 512
+
+SearchMethod = Literal["auto", "faiss", "torch", "screened"]
 
 POOL_SCHEMA = {
     "pair_id": pl.String,
@@ -35,6 +49,7 @@ class PoolResult:
     pos_sim: np.ndarray  # (n,) float32 similarity of each query to its positive
     n_deepened: int = 0  # queries that needed more than the first search depth
     n_exact: int = 0  # queries finished by the exact numpy scan (past MAX_SEARCH_DEPTH)
+    method: str = "faiss"  # which search answered: faiss (index + deepening), torch or screened (exact scans)
 
     @property
     def cand_idx(self) -> list[np.ndarray]:
@@ -108,6 +123,7 @@ def search_below_positive(
     chunk: int = 4096,
     max_depth: int = MAX_SEARCH_DEPTH,
     cand_emb: np.ndarray | None = None,
+    method: SearchMethod = "auto",
 ) -> PoolResult:
     """Top-k candidates strictly less similar than each query's positive, its own row excluded.
 
@@ -117,6 +133,15 @@ def search_below_positive(
     the number of queries. Past `max_depth` the remaining queries are finished by an exact scan of
     `cand_emb` when given (GPU FAISS cannot search deeper than 2048), else by deeper index searches
     in smaller batches.
+
+    `method`: `faiss` as above; `torch` scans `cand_emb` once in float32 with the δ mask applied
+    inside the scan (no deepening passes); `screened` scores every candidate in bf16 and rescores the
+    few that can matter in float32 (`retrieval.screened`; exact). Both need `cand_emb` and give the
+    same result as faiss; the index is then not searched. `auto`, for an exact CPU index at large
+    shapes (`TORCH_MIN_WORK`, `TORCH_MIN_DIM`), picks `screened` on a CPU with native bf16 and `torch`
+    elsewhere, else `faiss` (GPU, IVF, HNSW, small shapes). Measured at 10K x 100K, dim 3584
+    (benchmarks/candidate_pool.py, README): screened 1.3x less CPU than a float32 matmul + topk, FAISS's
+    search + deepening 1.3x more.
     """
     n, total = len(query_emb), index.ntotal
     if k < 1:
@@ -127,6 +152,18 @@ def search_below_positive(
     out = PoolResult(
         np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32), np.zeros(n, np.int64), pos_sim
     )
+    how = resolve_method(method, index, cand_emb, n)
+    if how in ("torch", "screened"):
+        if cand_emb is None:
+            raise ValueError(f"search method {how!r} needs cand_emb (the index's rows)")
+        st = ScreenStats()
+        if how == "torch":
+            ids, sims = torch_filtered_topk(cand_emb, q, pos_sim, pos_idx, k, query_chunk=chunk)
+        else:
+            ids, sims = screened_filtered_topk(cand_emb, q, pos_sim, pos_idx, k, stats=st)
+        _write_first_k(ids >= 0, ids, sims, np.arange(n), k, out)
+        out.method, out.n_exact = how, st.fallback
+        return out
     budget = chunk * max(max_depth, k + 16)  # result entries held at once
     for start in range(0, n, chunk):
         pending = np.arange(start, min(start + chunk, n))
@@ -156,6 +193,20 @@ def search_below_positive(
             # Double, but stop once at max_depth (the deepest GPU search) before the exact scan.
             depth = min(total, max_depth if depth < max_depth < depth * 2 else depth * 2)
     return out
+
+
+def resolve_method(method: SearchMethod, index, cand_emb: np.ndarray | None, n_queries: int) -> str:
+    """`faiss`, `torch` or `screened` for this call (see `search_below_positive`)."""
+    if method not in ("auto", "faiss", "torch", "screened"):
+        raise ValueError(f"unknown search method {method!r}; expected auto, faiss, torch or screened")
+    if method != "auto":
+        return method
+    exact_cpu = isinstance(index, faiss.IndexFlat)  # GPU and approximate indexes are not IndexFlat
+    dim = cand_emb.shape[1] if cand_emb is not None else 0
+    big = n_queries * index.ntotal * dim >= TORCH_MIN_WORK and dim >= TORCH_MIN_DIM
+    if cand_emb is None or not exact_cpu or not big:
+        return "faiss"
+    return "screened" if fast_bf16_matmul() else "torch"
 
 
 def pool_frame(pair_ids: Sequence[str] | pl.Series, pos_idx: np.ndarray, res: PoolResult) -> pl.DataFrame:

@@ -1,9 +1,7 @@
-"""Small matplotlib figures for Dagster metadata (inline markdown images) and MLflow (log_figure)."""
+"""Small matplotlib figures, logged to MLflow (RunHandle.log_figure) and shown from there in Dagster."""
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -12,12 +10,6 @@ matplotlib.use("Agg")  # headless: assets run in worker processes without a disp
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-
-
-def to_markdown(fig: Figure, alt: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
 
 def loss_curve(losses: Sequence[float], title: str) -> Figure:
@@ -34,6 +26,25 @@ def histograms(series: Mapping[str, np.ndarray], title: str, bins: int = 30, xla
         ax.hist(np.asarray(values), bins=bins, range=(0.0, 1.0), alpha=0.55, density=True, label=label)
     ax.set(xlabel=xlabel, ylabel="density", title=title)
     ax.legend()
+    return fig
+
+
+def scatter_pairs(values: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], title: str,
+                  max_points: int = 20_000, seed: int = 0) -> Figure:  # fmt: skip
+    """One panel per (a, b): b's scores against a's on the same entries, diagonal for reference; at
+    most `max_points` points per panel (a seeded sample), so a full-size pool stays readable."""
+    fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(3.4 * max(len(pairs), 1), 3.2), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for ax, (a, b) in zip(axes[0], pairs, strict=False):
+        x, y = np.asarray(values[a]), np.asarray(values[b])
+        if len(x) > max_points:
+            keep = rng.choice(len(x), max_points, replace=False)
+            x, y = x[keep], y[keep]
+        ax.scatter(x, y, s=4, alpha=0.3)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+        ax.set(xlabel=a, ylabel=b, xlim=(0, 1), ylim=(0, 1))
+    fig.suptitle(title)
+    fig.tight_layout()
     return fig
 
 

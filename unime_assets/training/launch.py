@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 LAUNCH_MODULE = "unime_assets.training.launch"
 Launcher = Literal["torchrun", "deepspeed"]
+SPEC_KEY_FILE = "train_spec_key.json"  # beside the finished weights: which spec made them
 
 
 @dataclass
@@ -78,6 +79,10 @@ class TrainSpec:
     mlflow_tracking_uri: str = ""
     mlflow_run_id: str = ""
     log_every: int = 10
+    # the caller's hash of every training input; written beside the finished weights, so a retry of
+    # the same spec reuses them (defs/assets/training.py)
+    spec_key: str = ""
+    trust_remote_code: bool = False  # the base's own code may run (settings: ModelSource.trust_remote_code)
 
     def write(self, path: str | Path) -> Path:
         from unime_assets.io import atomic_path
@@ -166,8 +171,8 @@ def _pipes(rank: int) -> Iterator[Any]:
         yield pipes
 
 
-def _data_hash(df) -> str:
-    # Content hash of the training rows (order included): a resumed run must train on the same data.
+def data_hash(df) -> str:
+    """Content hash of the training rows (order included): a resumed run must train on the same data."""
     from unime_assets.fingerprints import hash_fields
 
     return hash_fields("training-data", df.hash_rows(seed=0).to_numpy().tobytes())[:16]
@@ -197,12 +202,12 @@ def run_spec(spec: TrainSpec, pipes=None):
     import polars as pl
 
     from unime_assets.config import LoraConfig
-    from unime_assets.training.data import embedder_examples, reranker_sft_examples
-    from unime_assets.training.embedder import train_embedder
+    from unime_assets.models.encoding import ItemError
+    from unime_assets.models.loading import trust_remote_code_for
     from unime_assets.training.engine import EngineConfig, ensure_distributed, world_size
     from unime_assets.training.loop import CheckpointPolicy
-    from unime_assets.training.sft import train_sft
 
+    trust_remote_code_for([spec.base_path, spec.out_dir] if spec.trust_remote_code else [])
     ensure_distributed()
     world = world_size()
     per_query = 3 if spec.task == "reranker" else 1  # the reranker's 3 SFT sequences per query
@@ -216,11 +221,30 @@ def run_spec(spec: TrainSpec, pipes=None):
                        zero_stage=spec.zero_stage, grad_clip=spec.grad_clip, bf16=spec.bf16,
                        lr_schedule=spec.lr_schedule, weight_decay=spec.weight_decay)  # fmt: skip
     policy = CheckpointPolicy(every=spec.checkpoint_every, keep=spec.keep_checkpoints,
-                              fingerprint=_data_hash(ts))  # fmt: skip
+                              fingerprint=data_hash(ts))  # fmt: skip
     lora = LoraConfig(**spec.lora)
     log = _step_logger(spec, pipes)
     pipes.log.info(f"{spec.task}: {ts.height} queries, {world} process(es), global batch {spec.batch_size}, "
                    f"ZeRO-{spec.zero_stage}, {spec.steps} steps ({spec.lr_schedule}, {spec.warmup_steps} warmup)")  # fmt: skip
+    try:
+        return _train(spec, ts, cfg, lora, log, policy)
+    except ItemError as e:  # name the training_set rows that hold the item
+        raise ValueError(f"training_set ({spec.training_set}): {_rows_with(ts, e.image)}: {e}") from e
+
+
+def _rows_with(ts, image: str) -> str:
+    import polars as pl
+
+    hit = ts.filter((pl.col("qry_image_path") == image) | (pl.col("pos_image_path") == image)
+                    | pl.col("neg_image_paths").list.contains(image)) if image else ts.clear()  # fmt: skip
+    return f"{hit.height} row(s) show image {image!r} (pair_id {hit['pair_id'].head(5).to_list()})"
+
+
+def _train(spec: TrainSpec, ts, cfg, lora, log, policy):
+    from unime_assets.training.data import embedder_examples, reranker_sft_examples
+    from unime_assets.training.embedder import train_embedder
+    from unime_assets.training.sft import train_sft
+
     if spec.task == "embedder":
         examples = embedder_examples(ts, spec.k_negatives)
         return train_embedder(spec.base_path, examples, spec.image_root, spec.out_dir, cfg, mode=spec.loss,
@@ -236,6 +260,13 @@ def run_spec(spec: TrainSpec, pipes=None):
     raise ValueError(f"unknown training task {spec.task!r}")
 
 
+def write_spec_key(out_dir: str | Path, key: str) -> None:
+    from unime_assets.io import atomic_path
+
+    with atomic_path(Path(out_dir) / SPEC_KEY_FILE) as tmp:
+        tmp.write_text(json.dumps({"spec_key": key}))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=LAUNCH_MODULE, description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, help="training spec JSON (TrainSpec)")
@@ -243,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from unime_assets.quiet import install
+
+    install()  # each rank imports DeepSpeed again: the same understood messages, dropped the same way
     spec = TrainSpec.read(args.spec)
     rank = int(os.environ.get("RANK", "0"))
     with _pipes(rank) as pipes:
@@ -252,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "steps": len(result.losses), "train_seconds": round(result.seconds, 1),
                     "processes": result.world_size, "resumed_from_step": result.resumed_from}  # fmt: skip
             pipes.report_asset_materialization(metadata=meta)
+            if spec.spec_key:  # after the weights are in place: the key marks them finished
+                write_spec_key(spec.out_dir, spec.spec_key)
     import torch.distributed as dist
 
     if dist.is_initialized():

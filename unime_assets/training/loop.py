@@ -8,7 +8,8 @@ step consumes one *global* batch from a seeded order, and rank r takes its slice
 per step does not depend on the number of ranks.
 
 Resumption: with a `CheckpointPolicy`, DeepSpeed checkpoints (weights, optimizer, scheduler,
-step, losses so far) go to `<out_dir>/checkpoints/` every N steps. A run with the same
+step, losses so far) go to `<out_dir>/checkpoints/` every N steps; they are read back weights-only
+(training/resume_states.py), so a file planted there cannot run code. A run with the same
 fingerprint resumes from the latest one; the data order is replayed up to that step and the RNG
 is reseeded from (seed, step) at every step, so a resumed run sees what an uninterrupted one does.
 Per-step metrics go to a callback on rank 0 (MLflow / Dagster Pipes upstream).
@@ -34,6 +35,8 @@ from unime_assets.fingerprints import hash_fields
 from unime_assets.io import atomic_dir, atomic_path
 from unime_assets.models.encoding import ImageLoader
 from unime_assets.models.loading import load_model
+from unime_assets.quiet import bar_disabled
+from unime_assets.training import resume_states
 from unime_assets.training.engine import (
     EngineConfig,
     barrier,
@@ -160,7 +163,7 @@ def _resume(engine, ckpt_dir: Path, fingerprint: str) -> tuple[int, History]:
         and (ckpt_dir / "latest").is_file()
     )
     if usable:
-        path, state = engine.load_checkpoint(str(ckpt_dir))
+        path, state = resume_states.load_checkpoint(engine, ckpt_dir)  # weights-only: no code from the files
         if path is not None and state:
             return int(state["step"]), {k: [float(x) for x in v] for k, v in state["history"].items()}
     barrier()  # every rank decided before rank 0 clears the directory
@@ -211,7 +214,7 @@ def run_steps(
     for _ in range(start * cfg.grad_accum):  # replay the seeded order up to the resume point
         next(batches)
     fail_after = int(os.environ.get(FAIL_AFTER_STEP_ENV) or 0)
-    bar = tqdm(range(start, cfg.total_steps), desc=desc, leave=False, disable=me != 0)
+    bar = tqdm(range(start, cfg.total_steps), desc=desc, leave=False, disable=bar_disabled(me == 0))
     for step in bar:
         torch.manual_seed(_step_seed(seed, step))
         lr = float(engine.get_lr()[0])  # the rate this step's update uses (read before the scheduler steps)

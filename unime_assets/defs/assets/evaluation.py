@@ -4,17 +4,33 @@ zero-shot sets, and the `champion` promotion of the evaluated embedder."""
 import dagster as dg
 import polars as pl
 
-from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
+from unime_assets.defs.assets._common import naming_rows, run_metadata, upstream_run_ids
 from unime_assets.defs.assets.data import concat_partitions
+from unime_assets.defs.descriptions import describe_evaluation
+from unime_assets.defs.metadata import figure, readable, rows_table
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.evaluation import AGGREGATE_KEYS as AGG_KEYS
 from unime_assets.tracking import plots
 
 EMBEDDER_MODEL = "unime-v2-embedder"  # the registry name defs/assets/training.py registers under
 CHAMPION_CHECK = "champion_comparison"
+TRAINED_CHECK = "embedder_differs_from_base"
+EVAL_ITEMS = [("qry_text", "qry_img_path"), ("tgt_text", "tgt_img_path")]
 # Run tag naming the registered version to evaluate; the same string as defs/automation.py VERSION_TAG
 # (the `evaluate_new_embedder` sensor sets it).
 VERSION_TAG = "unime/embedder_version"
+
+
+PER_DATASET_COLUMNS = {"dataset": "MMEB-eval subset", "meta-task": "classification, vqa, retrieval or grounding",
+                       "split": "IND (a train subset of the task exists) or OOD",
+                       "*": "Precision@1 (%) on the dataset; '(published)': the number the paper or its leaderboard "
+                       "reports"}  # fmt: skip
+AGGREGATE_COLUMNS = {"model": "our models, then published numbers (same datasets when the evaluation is partial)",
+                     "Cls": "mean P@1 (%) over the classification datasets", "VQA": "mean P@1 (%) over the VQA datasets",
+                     "Ret": "mean P@1 (%) over the retrieval datasets", "Grd": "mean P@1 (%) over the grounding datasets",
+                     "IND": "mean P@1 (%) over the in-distribution datasets", "OOD": "mean P@1 (%) over the OOD datasets",
+                     "overall": "mean P@1 (%) over all evaluated datasets (MMEB convention)",
+                     "datasets": "datasets evaluated (of those configured)"}  # fmt: skip
 
 
 def _slug(label: str) -> str:
@@ -56,7 +72,10 @@ def _embedder_under_test(context: dg.AssetExecutionContext, s, tracking_uri: str
           check_specs=[dg.AssetCheckSpec(CHAMPION_CHECK, asset="mmeb_report",
                                          description="The evaluated embedder against the registry's `champion` on "
                                          "the same eval subsets; `champion` moves to it when it is strictly better "
-                                         "on a complete evaluation (never on a partial one).")],
+                                         "on a complete evaluation (never on a partial one)."),
+                       dg.AssetCheckSpec(TRAINED_CHECK, asset="mmeb_report",
+                                         description="The evaluated embedder's weights differ from the untrained "
+                                         "base's (else the report scores the base twice; never promoted).")],
           description="MMEB V1 protocol: per-row cosine ranking, P@1 (ties to the ground truth), means per "
           "meta-task / IND / OOD / overall (mean over datasets) for the retriever, the untrained base, the "
           "embedder and embedder + top-k reranking (listwise or pairwise); embeddings cached by model and "
@@ -66,8 +85,9 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     from unime_assets.evaluation import aggregate
     from unime_assets.evaluation.published import published_for
     from unime_assets.evaluation.report import (
-        aggregate_markdown,
-        per_dataset_markdown,
+        aggregate_rows,
+        markdown_table,
+        per_dataset_rows,
         protocol_markdown,
         report_table,
         sources_markdown,
@@ -104,6 +124,12 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     cache_dir = s.asset_dir("embedding_cache")
     digests = ImageDigests(s.eval_image_root, cache_dir / "image-digests.parquet")
     embedder_path, embedder_version = _embedder_under_test(context, s, mlflow.uri())
+    from unime_assets.training.export_checks import identical_weights
+
+    same_as_base = identical_weights(embedder_path, s.embedder_base.path)
+    if same_as_base:
+        context.log.error(f"the evaluated embedder {embedder_path} has the untrained base's weights "
+                          f"({s.embedder_base.path}): its row equals the base's and it is never promoted")  # fmt: skip
     models = {
         "retriever": s.retriever_path,
         "embedder (untrained base)": s.embedder_base.path,
@@ -117,8 +143,9 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     for label, path in models.items():
         context.log.info(f"evaluating {label} ({path})")
         handle = ModelHandle(path, role=label)
-        results = evaluate_model(handle, eval_df, s.eval_image_root, image_size=ev.image_size,
-                                 batch_size=ev.batch_size, cache_dir=cache_dir, log=context.log.info)  # fmt: skip
+        with naming_rows(f"mmeb_report ({label})", eval_df, EVAL_ITEMS, "row"):
+            results = evaluate_model(handle, eval_df, s.eval_image_root, image_size=ev.image_size,
+                                     batch_size=ev.batch_size, cache_dir=cache_dir, log=context.log.info)  # fmt: skip
         per_model[label] = {k: v.precision_at_1 for k, v in results.items()}
         ties[label] = {k: (v.tied_top, v.gt_tied) for k, v in results.items()}
         for v in results.values():
@@ -164,8 +191,9 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     aggregates = {m: aggregate(scores, info) for m, scores in per_model.items()}
     published = published_for(evaluated)
     complete = set(s.eval_subset_names) <= set(evaluated)
-    per_dataset_md = per_dataset_markdown(per_model, info, published)
-    agg_md = aggregate_markdown(per_model, info, published, n_configured=len(s.eval_subset_names))
+    per_dataset = per_dataset_rows(per_model, info, published)
+    aggregate_table = aggregate_rows(per_model, info, published, n_configured=len(s.eval_subset_names))
+    per_dataset_md, agg_md = markdown_table(*per_dataset), markdown_table(*aggregate_table)
     sources_md = sources_markdown(published)
     n_rows = {n: rows.height for n, rows in mmeb_eval.items()}
     protocol_md = protocol_markdown(evaluated, n_rows, ties, unparsable_per if ev.rerank and mode == "listwise"
@@ -195,12 +223,15 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         report_md = "\n\n".join(x for x in (per_dataset_md, agg_md, sources_md) if x)
         run.log_text(report_md, "report.md")
         run.log_text(table.write_csv(), "report.csv")
-        bars = run.log_figure(plots.grouped_bars({m: {k: 100 * a[k] for k in AGG_KEYS} for m, a in aggregates.items()},
-                                                 "MMEB-format P@1"), "aggregates")  # fmt: skip
-        per_ds = run.log_figure(plots.grouped_bars({m: {n: 100 * p for n, p in sc.items()} for m, sc in per_model.items()},
-                                                   "P@1 per dataset"), "per_dataset")  # fmt: skip
+        bars = figure(run, plots.grouped_bars({m: {k: 100 * a[k] for k in AGG_KEYS} for m, a in aggregates.items()},
+                                              "MMEB-format P@1"), "aggregates", "chart")  # fmt: skip
+        per_ds = figure(run, plots.grouped_bars({m: {n: 100 * p for n, p in sc.items()} for m, sc in per_model.items()},
+                                                "P@1 per dataset"), "per_dataset", "chart_per_dataset")  # fmt: skip
         decision = _promote(context, s, mlflow.uri(), embedder_version, per_model["embedder"], fingerprints,
-                            eval_df, cache_dir, run)  # fmt: skip
+                            eval_df, cache_dir, run, same_as_base=same_as_base)  # fmt: skip
+        if embedder_version is not None:
+            describe_evaluation(mlflow.uri(), EMBEDDER_MODEL, embedder_version, 100 * aggregates["embedder"]["overall"],
+                                len(evaluated), complete, f"{mlflow.dagster_url()}/runs/{context.run_id}")  # fmt: skip
         zeroshot_md = ""
         if zeroshot:
             zeroshot_md = zeroshot_markdown(zeroshot)
@@ -210,23 +241,27 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     overall = {m: round(100 * a["overall"], 2) for m, a in aggregates.items()}
     context.log.info(f"overall P@1: {overall}; promotion: {decision['reason']}")
     metadata = {
-        "per_dataset": dg.MetadataValue.md(per_dataset_md + ("\n\n" + sources_md if sources_md else "")),
-        "aggregates": dg.MetadataValue.md(agg_md), "chart": dg.MetadataValue.md(bars),
-        "chart_per_dataset": dg.MetadataValue.md(per_ds), "overall": dg.MetadataValue.json(overall),
+        "aggregates": rows_table(*aggregate_table, AGGREGATE_COLUMNS), **bars,
+        "per_dataset": rows_table(*per_dataset, PER_DATASET_COLUMNS), **per_ds,
+        **({"published_sources": dg.MetadataValue.md(sources_md)} if sources_md else {}),
+        "overall": dg.MetadataValue.json(overall),
         "protocol": dg.MetadataValue.md(protocol_md),
         "rerank_mode": mode, "rerank_unparsable": unparsable, "encoded": totals.encoded, "cached": totals.cached,
         "reranked_subsets_cached": reranked_cached,
         "complete": complete, "subsets": dg.MetadataValue.json(evaluated),
-        "promotion": dg.MetadataValue.json(decision), **run_metadata(run),
+        "promotion": dg.MetadataValue.json(decision), "embedder_identical_to_base": same_as_base,
+        **run_metadata(run),
     }  # fmt: skip
     if zeroshot:
         metadata["zeroshot"] = dg.MetadataValue.md(zeroshot_md)
         metadata["zeroshot_table"] = dg.MetadataValue.path(str(zs_path))
-    yield dg.Output(table, metadata=metadata)
+    yield dg.Output(table, metadata=readable(metadata))
     yield dg.AssetCheckResult(check_name=CHAMPION_CHECK, passed=bool(decision["passed"]),
-                              severity=dg.AssetCheckSeverity.WARN, metadata={
+                              severity=dg.AssetCheckSeverity.WARN, metadata=readable({
                                   k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
-                                  for k, v in decision.items() if v is not None})  # fmt: skip
+                                  for k, v in decision.items() if v is not None}))  # fmt: skip
+    yield dg.AssetCheckResult(check_name=TRAINED_CHECK, passed=not same_as_base, severity=dg.AssetCheckSeverity.ERROR,
+                              metadata={"embedder": str(embedder_path), "base": str(s.embedder_base.path)})  # fmt: skip
 
 
 def _zeroshot(context, s, embedder, roots: dict[str, str], cache_dir) -> dict[str, dict[str, float]]:
@@ -247,10 +282,11 @@ def _zeroshot(context, s, embedder, roots: dict[str, str], cache_dir) -> dict[st
 
 
 def _promote(context, s, tracking_uri: str, version: str | None, scores: dict[str, float],
-             fingerprints: dict[str, str], eval_df, cache_dir, run) -> dict:  # fmt: skip
+             fingerprints: dict[str, str], eval_df, cache_dir, run, *, same_as_base: bool = False) -> dict:  # fmt: skip
     """Compare with `champion`, record the scores on the version, move the alias when it wins."""
     from unime_assets.evaluation import promotion
     from unime_assets.evaluation.runner import ModelHandle, evaluate_model
+    from unime_assets.tracking.registry import is_complete
 
     required = s.eval_subset_names
     if version is None:
@@ -259,6 +295,14 @@ def _promote(context, s, tracking_uri: str, version: str | None, scores: dict[st
             "promote": False,
             "reason": f"no registered {EMBEDDER_MODEL} version to promote",
         }
+    blocker = None
+    if not is_complete(promotion.version_tags(tracking_uri, EMBEDDER_MODEL, version)):
+        blocker = f"version {version} has no lineage tags (an interrupted registration): never promoted"
+    elif same_as_base:
+        blocker = f"version {version} holds the untrained base's weights: never promoted"
+    if blocker is not None:
+        context.log.warning(blocker)
+        return {"passed": False, "promote": False, "reason": blocker, "candidate_version": version}
     champ = promotion.alias_version(tracking_uri, EMBEDDER_MODEL, promotion.CHAMPION)
     champion = None
     if champ is not None:

@@ -1,13 +1,16 @@
-"""Stages 1-3: global candidate index, per-subset candidate pool (FAISS, δ rule), judge scores,
-mined hard negatives, and the training set the embedder and reranker read."""
+"""Stages 1 and 3: global candidate index, per-subset candidate pool (FAISS, δ rule), mined hard
+negatives (from one judge's scores or the ensemble's: defs/assets/judges.py has stage 2), and the
+training set the embedder and reranker read."""
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
-from unime_assets.defs.assets._common import markdown_table, run_metadata, upstream_run_ids
+from unime_assets.defs.assets._common import TRAIN_ITEMS, naming_rows, run_metadata, upstream_run_ids
 from unime_assets.defs.assets.data import concat_partitions
-from unime_assets.defs.partitions import check_partition, train_partitions
+from unime_assets.defs.assets.judges import mining_inputs, scores_for_mining
+from unime_assets.defs.metadata import figure, readable, table
+from unime_assets.defs.partitions import JUDGES, check_partition, train_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
 
@@ -25,16 +28,25 @@ def candidate_index(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.
     with mlflow.run(context) as run:
         run.log_params({"retriever": s.retriever_path, "subsets": ",".join(mmeb_train), **r.model_dump(),
                         **upstream_run_ids(context, ["retriever_model"])})  # fmt: skip
-        res = build_candidate_index(train, str(s.retriever_path), str(s.train_image_root),
+        with naming_rows("candidate_index", train, TRAIN_ITEMS, "pair_id"):
+            res = build_candidate_index(train, str(s.retriever_path), str(s.train_image_root),
                                     s.asset_dir("candidate_index"), cache_dir=s.asset_dir("embedding_cache"),
                                     index_kind=r.index_kind, batch_size=r.batch_size, use_gpu=r.use_gpu,
-                                    nlist=r.nlist, nprobe=r.nprobe, hnsw_m=r.hnsw_m,
-                                    ef_construction=r.ef_construction, ef_search=r.ef_search)  # fmt: skip
+                                        nlist=r.nlist, nprobe=r.nprobe, hnsw_m=r.hnsw_m,
+                                        ef_construction=r.ef_construction, ef_search=r.ef_search)  # fmt: skip
         stats = {"pool_size": res.candidates.height, "subsets": len(mmeb_train), **res.stats}
+        if s.maintenance.collect_garbage:  # orphan temp files, stale shards, namespaces of retrained models
+            from unime_assets.config import unime_home
+            from unime_assets.defs.recovery import collect_artifacts
+
+            found, freed = collect_artifacts(s, unime_home() / "assets" / "tables")
+            stats.update(garbage_items=len(found), garbage_mib=round(freed / 2**20, 2))
+            for g in found:
+                context.log.info(f"removed {g.kind} {g.path}: {g.reason}")
         run.log_metrics({k: v for k, v in stats.items() if isinstance(v, int | float)})
     context.log.info(f"candidate index: {stats}")
-    return dg.Output(res.candidates, metadata={**stats, "index_dir": dg.MetadataValue.path(str(res.out_dir)),
-                                               **run_metadata(run)})  # fmt: skip
+    return dg.Output(res.candidates, metadata=readable({**stats, "index_dir": dg.MetadataValue.path(str(res.out_dir)),
+                                                        **run_metadata(run)}))  # fmt: skip
 
 
 @dg.asset(group_name="mining", kinds={"faiss", "polars"}, partitions_def=train_partitions,
@@ -50,10 +62,11 @@ def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, 
     with mlflow.run(context) as run:
         run.log_params({"retriever": s.retriever_path, "top_k": s.retrieval.top_k, "delta": "positive similarity",
                         **upstream_run_ids(context, ["candidate_index"])})  # fmt: skip
-        pool, stats = search_candidate_pool(mmeb_train, s.asset_dir("candidate_index"), str(s.retriever_path),
-                                            str(s.train_image_root), cache_dir=s.asset_dir("embedding_cache"),
-                                            top_k=r.top_k, batch_size=r.batch_size, chunk=r.search_chunk,
-                                            use_gpu=r.use_gpu, nprobe=r.nprobe, ef_search=r.ef_search)  # fmt: skip
+        with naming_rows(f"candidate_pool[{context.partition_key}]", mmeb_train, TRAIN_ITEMS, "pair_id"):
+            pool, stats = search_candidate_pool(mmeb_train, s.asset_dir("candidate_index"), str(s.retriever_path),
+                                                str(s.train_image_root), cache_dir=s.asset_dir("embedding_cache"),
+                                                top_k=r.top_k, batch_size=r.batch_size, chunk=r.search_chunk,
+                                                use_gpu=r.use_gpu, nprobe=r.nprobe, ef_search=r.ef_search)  # fmt: skip
         n_kept = pool["cand_ids"].list.len()
         stats = {**stats, "queries": pool.height, "mean_candidates": float(n_kept.mean()),
                  "min_candidates": int(n_kept.min()), "mean_pos_sim": float(pool["pos_sim"].mean())}  # fmt: skip
@@ -61,88 +74,53 @@ def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, 
         top1 = np.array([x[0] for x in pool["cand_sims"].to_list() if len(x)], dtype=np.float32)
         fig = plots.histograms({"positive": pool["pos_sim"].to_numpy(), "top-1 candidate": top1},
                                "retriever cosine", xlabel="cosine")  # fmt: skip
-        hist = run.log_figure(fig, "similarities")
-    return dg.Output(pool, metadata={**stats, "similarities": dg.MetadataValue.md(hist), **run_metadata(run)})
+        hist = figure(run, fig, "similarities", "similarities")
+    return dg.Output(pool, metadata=readable({**stats, **hist, **run_metadata(run)}))
 
 
-@dg.asset(group_name="mining", kinds={"pytorch", "polars"}, partitions_def=train_partitions, deps=["judge_model"],
-          pool="gpu",
-          description="Judge score e^yes/(e^yes+e^no) for (query, positive) and every (query, candidate); "
-          "written in resumable shards keyed by judge, prompt version and content.")  # fmt: skip
-def judge_scores(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, candidate_pool: pl.DataFrame,
-                 candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
-    from unime_assets.judging import PROMPT_VERSION, score_candidate_pool, score_quality
+def mined_negatives_asset(judges: list[str]) -> dg.AssetsDefinition:
+    @dg.asset(group_name="mining", kinds={"polars"}, partitions_def=train_partitions, ins=mining_inputs(judges),
+              description="Hard negatives per query by the configured strategy (UniME-V2: β false-negative filter, "
+              "5-step cyclic sampling, fallback 1.0; or NV-Retriever / rank-window / top / random), from the scores "
+              "`mining.judge` names: one judge's or the judge ensemble's.")  # fmt: skip
+    def mined_negatives(context: dg.AssetExecutionContext, candidate_pool: pl.DataFrame,
+                        candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource,
+                        **scores: pl.DataFrame):  # fmt: skip
+        from unime_assets.mining import filter_rates, kept_and_dropped, mine_table
 
-    s = settings.get()
-    subset = context.partition_key
-    check_partition(s, subset, "train")
-    n_pairs = candidate_pool.height + int(candidate_pool["cand_ids"].list.len().sum())
-    context.log.info(f"{subset}: judging {n_pairs} pairs with {s.judge_path}")
-    last = {"logged": 0}
+        s = settings.get()
+        check_partition(s, context.partition_key, "train")
+        source, key, judge_scores = scores_for_mining(s, scores, context.partition_key)
+        m = s.mining
+        with mlflow.run(context) as run:
+            run.log_params({**m.model_dump(), "judge": source, **upstream_run_ids(context, [key])})
+            df = mine_table(judge_scores, candidate_pool, m, n_pool=candidate_index.height)
+            # Training reads the positive's score from the same source as the negatives' scores.
+            df = df.with_columns(pl.Series("pos_score", judge_scores["pos_score"], pl.Float64),
+                                 pl.lit(source, pl.String).alias("judge"))  # fmt: skip
+            kept, dropped = kept_and_dropped(judge_scores, candidate_pool, m)
+            stats = {"queries": df.height, "fallback_fraction": float(df["fallback"].mean()),
+                     "mean_survivors": float(df["n_survivors"].mean()),
+                     "false_negative_filter_rate": float(len(dropped) / max(len(kept) + len(dropped), 1)),
+                     "mean_negative_score": float(np.mean(np.concatenate(df["neg_scores"].to_list())))}  # fmt: skip
+            # The false-negative filter rate every rule would have on these scores, beside the chosen one's.
+            rates = filter_rates(judge_scores, candidate_pool, m)
+            run.log_metrics({f"filter_rate.{k}": v for k, v in rates.items()})
+            rates_table = table([(k, 100 * v) for k, v in rates.items()],
+                                [("strategy", "string", "mining rule (its false-negative filter only)"),
+                                 ("filtered (%)", "float", "share of all retrieved candidates the rule's filter drops")],
+                                digits=1)  # fmt: skip
+            run.log_metrics(stats)
+            hist = figure(run, plots.histograms({"kept": kept, "dropped (false negatives)": dropped},
+                                                f"{source} scores of candidates ({m.strategy})"), "kept_vs_dropped",
+                          "kept_vs_dropped")  # fmt: skip
+        return dg.Output(df, metadata=readable({**stats, "strategy": m.strategy, "judge": source, **hist,
+                                                "filter_rate_by_strategy": rates_table, **run_metadata(run)}))  # fmt: skip
 
-    def progress(done: int, total: int) -> None:
-        if done - last["logged"] >= max(total // 10, 1) or done == total:
-            context.log.info(f"judged pairs {done}/{total}")
-            last["logged"] = done
-
-    shards = {"reused": 0, "scored": 0}
-
-    def on_shard(index: int, total: int, computed: bool) -> None:
-        shards["scored" if computed else "reused"] += 1
-        context.log.info(f"shard {index + 1}/{total} " + ("scored" if computed else "reused (finished earlier)"))
-
-    with mlflow.run(context) as run:
-        run.log_params({"judge": s.judge_path, "prompt_version": PROMPT_VERSION, "pairs": n_pairs,
-                        **s.judging.model_dump(exclude_none=True), **upstream_run_ids(context, ["candidate_pool", "judge_model"])})  # fmt: skip
-        j = s.judging
-        df = score_candidate_pool(mmeb_train, candidate_index, candidate_pool, str(s.judge_path),
-                                  str(s.train_image_root), batch_size=j.batch_size, on_batch=progress,
-                                  shard_dir=s.asset_dir("judge_scores") / "shards" / subset,
-                                  shard_queries=j.shard_queries, backend=j.backend, share_prefix=j.share_prefix,
-                                  image_cache_mb=j.image_cache_mb, vllm_options=j.vllm_options(),
-                                  on_shard=on_shard)  # fmt: skip
-        pos = df["pos_score"].to_numpy()
-        cands = [np.asarray(c) for c in df["cand_scores"].to_list()]
-        quality = score_quality(pos, cands)
-        run.log_metrics(quality)
-        flat = np.concatenate(cands) if cands else np.empty(0)
-        hist = run.log_figure(
-            plots.histograms({"positive": pos, "candidates": flat}, "judge scores"), "scores"
-        )
-        run.log_metrics({f"shards_{k}": v for k, v in shards.items()})
-    return dg.Output(df, metadata={"pairs": n_pairs, **quality, **{f"shards_{k}": v for k, v in shards.items()},
-                                   "histogram": dg.MetadataValue.md(hist),
-                                   **run_metadata(run)})  # fmt: skip
+    return mined_negatives
 
 
-@dg.asset(group_name="mining", kinds={"polars"}, partitions_def=train_partitions,
-          description="Hard negatives per query by the configured strategy (UniME-V2: β false-negative filter, "
-          "5-step cyclic sampling, fallback 1.0; or NV-Retriever / rank-window / top / random).")  # fmt: skip
-def mined_negatives(context: dg.AssetExecutionContext, judge_scores: pl.DataFrame, candidate_pool: pl.DataFrame,
-                    candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
-    from unime_assets.mining import filter_rates, kept_and_dropped, mine_table
-
-    s = settings.get()
-    check_partition(s, context.partition_key, "train")
-    m = s.mining
-    with mlflow.run(context) as run:
-        run.log_params({**m.model_dump(), **upstream_run_ids(context, ["judge_scores"])})
-        df = mine_table(judge_scores, candidate_pool, m, n_pool=candidate_index.height)
-        kept, dropped = kept_and_dropped(judge_scores, candidate_pool, m)
-        stats = {"queries": df.height, "fallback_fraction": float(df["fallback"].mean()),
-                 "mean_survivors": float(df["n_survivors"].mean()),
-                 "false_negative_filter_rate": float(len(dropped) / max(len(kept) + len(dropped), 1)),
-                 "mean_negative_score": float(np.mean(np.concatenate(df["neg_scores"].to_list())))}  # fmt: skip
-        # The false-negative filter rate every rule would have on these scores, beside the chosen one's.
-        rates = filter_rates(judge_scores, candidate_pool, m)
-        run.log_metrics({f"filter_rate.{k}": v for k, v in rates.items()})
-        rates_md = markdown_table(["strategy", "candidates filtered"], [(k, f"{100 * v:.1f} %") for k, v in rates.items()])
-        run.log_metrics(stats)
-        hist = run.log_figure(plots.histograms({"kept": kept, "dropped (false negatives)": dropped},
-                                               f"judge scores of candidates ({m.strategy})"), "kept_vs_dropped")  # fmt: skip
-    return dg.Output(df, metadata={**stats, "strategy": m.strategy, "kept_vs_dropped": dg.MetadataValue.md(hist),
-                                   "filter_rate_by_strategy": dg.MetadataValue.md(rates_md),
-                                   **run_metadata(run)})  # fmt: skip
+mined_negatives = mined_negatives_asset(JUDGES)
 
 
 # Optional inputs: with an imported official score file the training set needs none of stages 1-3.
@@ -150,14 +128,13 @@ _OPTIONAL = {"optional": True}
 
 
 @dg.asset(group_name="mining", kinds={"polars", "json"},
-          ins={n: dg.AssetIn(n, metadata=_OPTIONAL) for n in ("mmeb_train", "judge_scores", "mined_negatives",
-                                                               "candidate_index")},
+          ins={n: dg.AssetIn(n, metadata=_OPTIONAL) for n in ("mmeb_train", "mined_negatives", "candidate_index")},
           description="What the embedder and reranker train on: per query the positive and its negatives with "
           "judge scores, from this pipeline's mined_negatives or an imported official UniME-V2 score file; "
           "also exported in the official JSON format.")  # fmt: skip
 def training_set(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.DataFrame],
-                 judge_scores: dict[str, pl.DataFrame], mined_negatives: dict[str, pl.DataFrame],
-                 candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
+                 mined_negatives: dict[str, pl.DataFrame], candidate_index: pl.DataFrame,
+                 settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
     from unime_assets.data import unime_scores
     from unime_assets.training.data import build_training_set
 
@@ -179,10 +156,17 @@ def training_set(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Dat
                 raise ValueError(
                     "training_data.source is 'mined' but no mined_negatives partition is materialized"
                 )
-            df = build_training_set(concat_partitions(mmeb_train), candidate_index, concat_partitions(judge_scores),
-                                    concat_partitions(mined_negatives))  # fmt: skip
-            run.log_params({"source": "mined", "strategy": s.mining.strategy,
-                            **upstream_run_ids(context, ["mined_negatives", "judge_scores", "candidate_index"])})  # fmt: skip
+            mined = concat_partitions(mined_negatives)
+            if "pos_score" not in mined.columns:
+                raise ValueError("mined_negatives partitions predate judge selection (no pos_score column); "
+                                 "re-materialize mined_negatives")  # fmt: skip
+            judges = sorted(set(mined["judge"]))
+            df = build_training_set(concat_partitions(mmeb_train), candidate_index, mined.select("pair_id", "pos_score"),
+                                    mined)  # fmt: skip
+            run.log_params({"source": "mined", "strategy": s.mining.strategy, "judge": ",".join(judges),
+                            **upstream_run_ids(context, ["mined_negatives", "candidate_index"])})  # fmt: skip
+            if len(judges) > 1:
+                context.log.warning(f"training_set: mined_negatives partitions were mined from different judges {judges}")
         if df.is_empty():
             raise ValueError(
                 "training set is empty: no mined_negatives partitions or no records in the score file"
@@ -191,8 +175,10 @@ def training_set(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Dat
         unime_scores.write(unime_scores.from_training_set(df), export)
         counts = df.group_by("subset", maintain_order=True).agg(pl.len().alias("queries"),
                                                                 pl.col("fallback").mean().alias("fallback"))  # fmt: skip
-        table = markdown_table(["subset", "queries", "fallback fraction"], counts.rows())
         run.log_metrics({"queries": df.height, "subsets": counts.height})
-        run.log_text(table, "subsets.md")
-    return dg.Output(df, metadata={"queries": df.height, "source": src.source, "per_subset": dg.MetadataValue.md(table),
+        run.log_text(counts.write_csv(), "subsets.csv")
+    per_subset = table(counts.rows(), [("subset", "string", "MMEB-train subset"),
+                                       ("queries", "int", "training queries from the subset"),
+                                       ("fallback", "float", "fraction of its queries with random fallback negatives")])  # fmt: skip
+    return dg.Output(df, metadata={"queries": df.height, "source": src.source, "per_subset": per_subset,
                                    "official_format_export": dg.MetadataValue.path(str(export)), **run_metadata(run)})  # fmt: skip

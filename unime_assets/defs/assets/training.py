@@ -5,11 +5,23 @@ Both train out of process: the asset writes a training spec (JSON) and the `trai
 `unime_assets.training.launch` through Dagster Pipes (`dg.PipesSubprocessClient`). Rank 0 streams
 log lines and the final summary back through Pipes and writes per-step metrics straight into
 this materialization's MLflow run (run id + tracking URI are in the spec). The asset then logs
-the loss curve, registers the trained weights as a pyfunc model version with lineage tags and
-moves the `candidate` alias to it.
+the loss curve, registers the trained weights as a models-from-code pyfunc version with its
+lineage tags and moves the `candidate` alias to it.
+
+Crash safety (each step can be retried as is):
+- The spec's key (every training input: spec fields, base checkpoint content, training rows) is
+  written next to the finished weights; a retry with the same key reuses them instead of training.
+- Registration: the model is logged, then a version created with its lineage and checkpoint
+  fingerprint in one call (tracking/registry.py), then the alias moved. A retry after a kill finds
+  the version of the same weights and only moves the alias; a kill before the version exists leaves
+  no version, only an MLflow run that the next materialization closes as KILLED.
+- The trained weights must differ from the base's: a run that changed nothing (1-2 steps, which
+  the warmup runs at learning rate 0; all steps skipped) fails here instead of being registered and
+  evaluated as a trained model (training/export_checks.py).
 """
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -23,8 +35,12 @@ import pandas as pd
 import polars as pl
 
 from unime_assets.defs.assets._common import run_metadata, upstream_run_ids
+from unime_assets.defs.descriptions import describe_registered
+from unime_assets.defs.metadata import figure, readable
+from unime_assets.defs.partitions import JUDGES, judge_key
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
+from unime_assets.training.launch import SPEC_KEY_FILE
 
 EMBEDDER_MODEL = "unime-v2-embedder"
 RERANKER_MODEL = "unime-v2-reranker"
@@ -37,7 +53,7 @@ def _inference_files(ckpt: Path) -> Iterator[Path]:
     DeepSpeed resume states (optimizer moments are not needed to embed). Hard links, no copies."""
     with tempfile.TemporaryDirectory(prefix=f".{ckpt.name}.mlflow.", dir=ckpt.parent) as tmp:
         dest = Path(tmp) / ckpt.name
-        shutil.copytree(ckpt, dest, ignore=shutil.ignore_patterns("checkpoints", "train_result.json"),
+        shutil.copytree(ckpt, dest, ignore=shutil.ignore_patterns("checkpoints", "train_result.json", SPEC_KEY_FILE),
                         copy_function=_link_or_copy)  # fmt: skip
         yield dest
 
@@ -57,38 +73,76 @@ def _training_set_lineage(context: dg.AssetExecutionContext) -> dict[str, str]:
     return tags
 
 
-def _register(
-    run, tracking_uri: str, name: str, python_model, ckpt: Path, lineage: dict[str, str], example, output
-) -> str:
+def _register(context, run, tracking_uri: str, name: str, task: str, ckpt: Path, lineage: dict[str, str],
+              example, output) -> tuple[str, bool]:  # fmt: skip
+    """(version, reused): the version holding these weights, registered now or by an interrupted try."""
     import mlflow.pyfunc
     from mlflow.models import infer_signature
 
-    from unime_assets.tracking import set_alias, tag_version
+    from unime_assets.fingerprints import checkpoint_fingerprint
+    from unime_assets.tracking import registry, set_alias
+    from unime_assets.training.pyfunc import CODE_FILE
 
-    # The signature declares the `image_root` param; without it MLflow drops params at predict time.
-    signature = infer_signature(example, output, params={"image_root": ""})
-    with _inference_files(ckpt) as files:
-        info = mlflow.pyfunc.log_model(name=name.replace("unime-v2-", ""), python_model=python_model,
-                                       artifacts={"checkpoint": str(files)}, registered_model_name=name,
-                                       signature=signature, pip_requirements=PIP_REQUIREMENTS)  # fmt: skip
-    version = str(info.registered_model_version)
-    tag_version(tracking_uri, name, version, {**lineage, "mlflow.run_id": run.run_id})
+    fingerprint = checkpoint_fingerprint(ckpt)
+    version = registry.find_version(tracking_uri, name, fingerprint)
+    reused = version is not None
+    if version is None:
+        # The signature declares the `image_root` param; without it MLflow drops params at predict time.
+        signature = infer_signature(example, output, params={"image_root": ""})
+        with _inference_files(ckpt) as files:
+            info = mlflow.pyfunc.log_model(name=name.replace("unime-v2-", ""), python_model=str(CODE_FILE),
+                                           model_config={"task": task}, artifacts={"checkpoint": str(files)},
+                                           signature=signature, pip_requirements=PIP_REQUIREMENTS)  # fmt: skip
+        registry.fault_point("logged")
+        version = registry.create_version(tracking_uri, name, info.model_uri, run.run_id, fingerprint, lineage)
+        registry.fault_point("registered")
+    else:
+        context.log.warning(f"{name} version {version} already holds these weights (an interrupted "
+                            "registration): moving the alias only")  # fmt: skip
     set_alias(tracking_uri, name, "candidate", version)  # the latest trained; `champion` is set by evaluation
-    return version
+    registry.fault_point("aliased")
+    return version, reused
+
+
+def _spec_key(spec, base: Path, training_set: pl.DataFrame) -> str:
+    """Everything a training run depends on: the spec (reporting fields aside), the base checkpoint's
+    content and the training rows."""
+    from dataclasses import asdict
+
+    from unime_assets.fingerprints import checkpoint_fingerprint, hash_fields
+    from unime_assets.training.launch import data_hash
+
+    fields = {k: v for k, v in asdict(spec).items() if k not in ("mlflow_tracking_uri", "mlflow_run_id", "log_every",
+                                                                 "spec_key")}  # fmt: skip
+    return hash_fields("train-spec", json.dumps(fields, sort_keys=True, default=str), checkpoint_fingerprint(base),
+                       data_hash(training_set))[:32]  # fmt: skip
+
+
+def finished_weights(out: Path, key: str) -> bool:
+    """The output folder holds a finished training of exactly this spec (weights, summary, key)."""
+    from unime_assets.training.loop import RESULT_FILE
+
+    marker = out / SPEC_KEY_FILE
+    try:
+        return (out / RESULT_FILE).is_file() and json.loads(marker.read_text()).get("spec_key") == key
+    except (OSError, ValueError):
+        return False
 
 
 def _train_out_of_process(
     context: dg.AssetExecutionContext, task: str, training_set: pl.DataFrame, s, section, out: Path,
     base: Path, run, tracking_uri: str, **task_fields,
 ) -> tuple[dict, dict]:  # fmt: skip
-    """Write spec + data, run the launcher through Pipes; returns (train_result.json, Pipes metadata)."""
+    """Write spec + data, run the launcher through Pipes; returns (train_result.json, Pipes metadata).
+    A finished training of the same spec is reused, not repeated."""
     from unime_assets.io import write_parquet
+    from unime_assets.models.loading import remote_code_allowed
     from unime_assets.training.launch import TrainSpec, default_processes, launch_command, launch_env
     from unime_assets.training.loop import read_result
 
     asset = context.asset_key.to_user_string()
     launch_dir = s.artifacts_root / "launch" / asset
-    data = write_parquet(training_set, launch_dir / "training_set.parquet")
+    data = launch_dir / "training_set.parquet"
     steps = section.total_steps(training_set.height)  # `steps`, or `epochs` over this training set
     warmup = section.total_warmup(steps)
     run.log_params({"total_steps": steps, "total_warmup_steps": warmup})
@@ -100,18 +154,23 @@ def _train_out_of_process(
         bf16=section.bf16, seed=section.seed, lora=section.lora.model_dump(),
         checkpoint_every=section.checkpoint_every,
         keep_checkpoints=section.keep_checkpoints, mlflow_tracking_uri=tracking_uri,
-        mlflow_run_id=run.run_id, log_every=section.log_every, **task_fields,
+        mlflow_run_id=run.run_id, log_every=section.log_every, trust_remote_code=remote_code_allowed(base),
+        **task_fields,
     )  # fmt: skip
+    spec.spec_key = _spec_key(spec, base, training_set)
+    if finished_weights(out, spec.spec_key):
+        context.log.warning(f"{out} holds a finished {task} training of this exact spec: reusing it")
+        return read_result(out), {"reused_weights": True}
+    write_parquet(training_set, data)
     spec_path = spec.write(launch_dir / "spec.json")
     processes = section.processes or default_processes()
-    launcher = section.launcher
-    cmd = launch_command(spec_path, processes, launcher)
+    cmd = launch_command(spec_path, processes, section.launcher)
     run.log_params({"launch.processes": processes, "launch.command": shlex.join(cmd)})  # resolved
     context.log.info(f"launching {task} training: {shlex.join(cmd)}")
     invocation = dg.PipesSubprocessClient(env=launch_env()).run(
         command=cmd, context=context, extras={"spec": str(spec_path)}
     )
-    reported: dict = {}
+    reported: dict = {"reused_weights": False}
     for res in invocation.get_results(implicit_materializations=False):
         reported.update(res.metadata or {})
     return read_result(out), reported
@@ -129,79 +188,82 @@ def _result_metadata(result: dict, reported: dict) -> dict:
             "resumed_from_step": result["resumed_from"], **reported}  # fmt: skip
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, pool="gpu",
-          description="UniME-V2 embedder: symmetric KL between softmax(cos/τ) and softmax(judge/τ) over "
-          "the positive and k mined negatives; last-token pooling; GradCache; torchrun/deepspeed launch "
-          "through Dagster Pipes, DeepSpeed ZeRO, resumable checkpoints; registered in MLflow.")  # fmt: skip
-def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame,
-                        settings: SettingsResource,
+def _train_and_register(context: dg.AssetExecutionContext, task: str, training_set: pl.DataFrame, s, section,
+                        base: Path, mlflow: MlflowResource, *, model: str, title: str, upstream: list[str],
+                        params: dict, example: pd.DataFrame, output: np.ndarray, task_fields: dict,
+                        extra_meta: dict) -> dg.MaterializeResult:  # fmt: skip
+    """What both training assets do: train (or reuse), check, log the curve, register, report."""
+    from unime_assets.training.export_checks import identical_weights
+
+    asset = context.asset_key.to_user_string()
+    out = s.asset_dir(asset)
+    run_url = f"{mlflow.dagster_url()}/runs/{context.run_id}"
+    lineage = {"dagster.run_id": context.run_id, "dagster.run_url": run_url, "dagster.asset_key": asset,
+               **_training_set_lineage(context), **upstream_run_ids(context, upstream)}  # fmt: skip
+    with mlflow.run(context) as run:
+        run.log_params({"base": base, **_settings_params(section), "queries": training_set.height, **params,
+                        **lineage})  # fmt: skip
+        result, reported = _train_out_of_process(context, task, training_set, s, section, out, base, run,
+                                                 mlflow.uri(), **task_fields)  # fmt: skip
+        if identical_weights(out, base):
+            raise dg.Failure(f"{asset}: the trained weights in {out} are identical to the base {base}: training "
+                             f"changed nothing (losses {result['losses'][:3]}...); not registered")  # fmt: skip
+        curve = figure(run, plots.loss_curve(result["losses"], title), "loss", "loss_curve")
+        version, reused = _register(context, run, mlflow.uri(), model, task, out, lineage, example, output)
+        describe_registered(mlflow.uri(), model, version, asset=asset, run_url=run_url, training_set=training_set,
+                            settings=s, base=base)  # fmt: skip
+    context.log.info(f"registered {model} version {version}" + (" (found from an interrupted try)" if reused else ""))
+    return dg.MaterializeResult(metadata=readable({
+        "path": dg.MetadataValue.path(str(out)), **_result_metadata(result, reported), **extra_meta,
+        "registered_model": model, "model_version": version, "registration_reused": reused,
+        "model_uri": f"models:/{model}/{version}", **curve, **run_metadata(run),
+    }))  # fmt: skip
+
+
+EMBEDDER_DOC = ("UniME-V2 embedder: symmetric KL between softmax(cos/τ) and softmax(judge/τ) over the positive "
+                "and k mined negatives; last-token pooling; GradCache; torchrun/deepspeed launch through Dagster "
+                "Pipes, DeepSpeed ZeRO, resumable checkpoints; registered in MLflow.")  # fmt: skip
+RERANKER_DOC = ("UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT with the official recipe (label mask, "
+                "prompt wording, slot draw, images <= 300*28*28 px, cosine LR, one epoch), query and candidate texts "
+                "included; same launcher as the embedder.")  # fmt: skip
+TRAINING_KINDS = {"pytorch", "deepspeed", "mlflow"}
+
+
+@dg.asset(group_name="training", kinds=TRAINING_KINDS, pool="gpu", description=EMBEDDER_DOC)
+def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame, settings: SettingsResource,
                         mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.models.loading import check_checkpoint_dir
     from unime_assets.models.processors import text_config
-    from unime_assets.training.pyfunc import EmbedderPyfunc
 
     s = settings.get()
     e = s.embedder
     base = check_checkpoint_dir(s.embedder_base.path, "embedder base")
-    out = s.asset_dir("embedder_checkpoint")
-    lineage = {"dagster.run_id": context.run_id, "dagster.asset_key": "embedder_checkpoint",
-               **_training_set_lineage(context)}  # fmt: skip
-    gradcache = e.gradcache_chunk
-    with mlflow.run(context) as run:
-        run.log_params({"base": base, **_settings_params(e), "gradcache_chunk": gradcache,
-                        "image_size": e.image_size, "queries": training_set.height, **lineage})  # fmt: skip
-        result, reported = _train_out_of_process(
-            context, "embedder", training_set, s, e, out, base, run, mlflow.uri(),
-            k_negatives=e.k_negatives, loss=e.loss, temperature=e.temperature, gradcache_chunk=gradcache,
-            loss_eps=e.loss_eps, image_size=e.image_size, max_len=e.max_len,
-        )  # fmt: skip
-        curve = run.log_figure(plots.loss_curve(result["losses"], f"embedder ({e.loss})"), "loss")
-        example = pd.DataFrame({"text": ["a caption\n"], "image": [""]})
-        dim = text_config(out)["hidden_size"]
-        version = _register(run, mlflow.uri(), EMBEDDER_MODEL, EmbedderPyfunc(), out, lineage, example,
-                            np.zeros((1, dim), dtype=np.float32))  # fmt: skip
-    context.log.info(f"registered {EMBEDDER_MODEL} version {version}")
-    return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(out)), **_result_metadata(result, reported),
-        "registered_model": EMBEDDER_MODEL, "model_version": version,
-        "model_uri": f"models:/{EMBEDDER_MODEL}/{version}", "loss_curve": dg.MetadataValue.md(curve),
-        **run_metadata(run),
-    })  # fmt: skip
+    dim = text_config(base)["hidden_size"]
+    return _train_and_register(
+        context, "embedder", training_set, s, e, base, mlflow, model=EMBEDDER_MODEL, title=f"embedder ({e.loss})",
+        upstream=[], params={"gradcache_chunk": e.gradcache_chunk, "image_size": e.image_size},
+        example=pd.DataFrame({"text": ["a caption\n"], "image": [""]}), output=np.zeros((1, dim), dtype=np.float32),
+        task_fields={"k_negatives": e.k_negatives, "loss": e.loss, "temperature": e.temperature,
+                     "gradcache_chunk": e.gradcache_chunk, "loss_eps": e.loss_eps, "image_size": e.image_size,
+                     "max_len": e.max_len}, extra_meta={},
+    )  # fmt: skip
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "deepspeed", "mlflow"}, deps=["judge_model"], pool="gpu",
-          description="UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT with the official "
-          "recipe (label mask, prompt wording, slot draw, images <= 300*28*28 px, cosine LR, one epoch), "
-          "query and candidate texts included; same launcher as the embedder.")  # fmt: skip
-def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame,
-                        settings: SettingsResource,
+@dg.asset(group_name="training", kinds=TRAINING_KINDS, pool="gpu", description=RERANKER_DOC,
+          deps=[judge_key("judge_model", JUDGES[0])])  # the reranker starts from the (first) judge
+def reranker_checkpoint(context: dg.AssetExecutionContext, training_set: pl.DataFrame, settings: SettingsResource,
                         mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.models.loading import check_checkpoint_dir
-    from unime_assets.training.pyfunc import RerankerPyfunc
 
     s = settings.get()
-    r = s.reranker
     base = check_checkpoint_dir(s.reranker_base_path, "reranker base")
-    out = s.asset_dir("reranker_checkpoint")
-    lineage = {"dagster.run_id": context.run_id, "dagster.asset_key": "reranker_checkpoint",
-               **_training_set_lineage(context), **upstream_run_ids(context, ["judge_model"])}  # fmt: skip
-    with mlflow.run(context) as run:
-        # Each query contributes 3 sequences (pairwise Yes, pairwise No, listwise): a batch is 3x as many.
-        run.log_params({"base": base, **_settings_params(r), "queries": training_set.height,
-                        "sequences_per_query": 3, **lineage})  # fmt: skip
-        result, reported = _train_out_of_process(context, "reranker", training_set, s, r, out, base, run,
-                                                 mlflow.uri(), max_pixels=r.max_pixels, label_mask=r.label_mask,
-                                                 pairwise_prompt=r.pairwise_prompt,
-                                                 listwise_slot=r.listwise_slot)  # fmt: skip
-        curve = run.log_figure(plots.loss_curve(result["losses"], "reranker SFT"), "loss")
-        example = pd.DataFrame(
-            {"query_text": ["q\n"], "query_image": [""], "cand_text": ["c"], "cand_image": [""]}
-        )
-        version = _register(run, mlflow.uri(), RERANKER_MODEL, RerankerPyfunc(), out, lineage, example,
-                            np.zeros(1, dtype=np.float64))  # fmt: skip
-    return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(out)), **_result_metadata(result, reported),
-        "sequences": 3 * training_set.height, "registered_model": RERANKER_MODEL, "model_version": version,
-        "model_uri": f"models:/{RERANKER_MODEL}/{version}", "loss_curve": dg.MetadataValue.md(curve),
-        **run_metadata(run),
-    })  # fmt: skip
+    r = s.reranker
+    # Each query contributes 3 sequences (pairwise Yes, pairwise No, listwise): a batch is 3x as many.
+    return _train_and_register(
+        context, "reranker", training_set, s, r, base, mlflow, model=RERANKER_MODEL, title="reranker SFT",
+        upstream=[f"judge_model/{JUDGES[0]}"], params={"sequences_per_query": 3},
+        example=pd.DataFrame({"query_text": ["q\n"], "query_image": [""], "cand_text": ["c"], "cand_image": [""]}),
+        output=np.zeros(1, dtype=np.float64),
+        task_fields={"max_pixels": r.max_pixels, "label_mask": r.label_mask, "pairwise_prompt": r.pairwise_prompt,
+                     "listwise_slot": r.listwise_slot}, extra_meta={"sequences": 3 * training_set.height},
+    )  # fmt: skip

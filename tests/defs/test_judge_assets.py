@@ -1,0 +1,165 @@
+"""Several judges through the assets: two tiny judges of two families (Qwen2.5-VL, InternVL3), each
+bootstrapped and scoring the same pools as its own asset, their ensemble with agreement metadata, and
+mining + training from each judge and from the ensemble (`mining.judge`, the ablation job's
+`judge:<name>` and `judge:ensemble` variants) end to end on the embedded test default."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+JUDGES = ["qwen25vl", "internvl3"]
+TRAIN, EVAL = ["SynColor", "SynCaps_t2i"], ["SynColor", "SynHue"]
+
+
+def _resources(root, overrides: dict | None = None) -> dict:
+    from unime_assets.defs.io_managers import PolarsParquetIOManager
+    from unime_assets.defs.resources import MlflowResource, SettingsResource
+
+    return {"settings": SettingsResource(settings_file=str(root / "settings.yaml"),
+                                         overrides_yaml=yaml.safe_dump(overrides) if overrides else ""),
+            "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=str(root / "mlart")),
+            "io_manager": PolarsParquetIOManager(base_dir=str(root / "tables"))}  # fmt: skip
+
+
+def _assets():
+    from unime_assets.defs import checks
+    from unime_assets.defs.assets import data, judges, mining, models, training
+
+    return [data.mmeb_train, data.mmeb_eval, models.retriever_model, mining.candidate_index, mining.candidate_pool,
+            *[models.judge_model_asset(n) for n in JUDGES], *[judges.judge_scores_asset(n) for n in JUDGES],
+            judges.judge_ensemble_asset(JUDGES), mining.mined_negatives_asset(JUDGES), mining.training_set,
+            training.embedder_checkpoint, *[checks.judge_scores_check(n) for n in JUDGES], checks.judge_ensemble_valid]  # fmt: skip
+
+
+def _run(env, selection, partition=None, overrides=None) -> dg.ExecuteInJobResult:
+    result = dg.materialize(env["assets"], selection=selection, partition_key=partition, instance=env["instance"],
+                            resources=_resources(env["root"], overrides), raise_on_error=True)  # fmt: skip
+    assert result.success
+    return result
+
+
+def _table(env, *path) -> pl.DataFrame:
+    return pl.read_parquet(env["root"].joinpath("tables", *path))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from unime_assets.embedded import build_embedded_default
+
+    root = tmp_path_factory.mktemp("judges")
+    settings = build_embedded_default(root / "embedded", "test", judges=tuple(JUDGES))
+    raw = yaml.safe_load(settings.read_text())
+    raw["artifacts_root"] = str(root / "assets")
+    (root / "settings.yaml").write_text(yaml.safe_dump(raw))
+    (root / "dg").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "dg")) as instance:  # inside this module's tmp dir
+        out = {"root": root, "instance": instance, "assets": _assets()}
+        for p in TRAIN:
+            _run(out, ["mmeb_train"], p)
+        for p in EVAL:
+            _run(out, ["mmeb_eval"], p)
+        _run(out, ["retriever_model", *[f"judge_model/{n}" for n in JUDGES], "candidate_index"])
+        chain = ["candidate_pool", *[f"judge_scores/{n}" for n in JUDGES], "judge_ensemble"]
+        out["ensemble"] = {p: _run(out, chain, p) for p in TRAIN}
+        yield out
+
+
+def test_each_judge_is_its_own_asset_scoring_the_same_pool(env):
+    events = env["instance"].get_latest_materialization_event
+    families = {n: events(dg.AssetKey(["judge_model", n])).asset_materialization.metadata["family"].value
+                for n in JUDGES}  # fmt: skip
+    assert families == {"qwen25vl": "qwen2_5_vl", "internvl3": "internvl"}
+    for p in TRAIN:
+        pool = _table(env, "candidate_pool", f"{p}.parquet")
+        a, b = (_table(env, "judge_scores", n, f"{p}.parquet") for n in JUDGES)
+        assert a["pair_id"].to_list() == b["pair_id"].to_list() == pool["pair_id"].to_list()
+        assert (a["cand_scores"].list.len() == pool["cand_ids"].list.len()).all()
+        assert not np.allclose(a["pos_score"].to_numpy(), b["pos_score"].to_numpy())  # two different judges
+    # each judge's shards live apart and a re-materialization of one judge reuses its own shards
+    result = _run(env, ["judge_scores/internvl3"], TRAIN[0])
+    meta = result.asset_materializations_for_node("judge_scores__internvl3")[0].metadata
+    assert meta["shards_reused"].value >= 1 and meta["shards_scored"].value == 0
+    checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {("judge_scores/internvl3", "judge_scores_valid"): True}
+
+
+def test_the_ensemble_combines_per_pair_and_reports_agreement(env):
+    for p in TRAIN:
+        a, b = (_table(env, "judge_scores", n, f"{p}.parquet") for n in JUDGES)
+        ens = _table(env, "judge_ensemble", f"{p}.parquet")
+        np.testing.assert_allclose(ens["pos_score"].to_numpy(), (a["pos_score"] + b["pos_score"]).to_numpy() / 2)
+        np.testing.assert_allclose(np.concatenate(ens["cand_scores"].to_list()),
+                                   (np.concatenate(a["cand_scores"].to_list()) + np.concatenate(b["cand_scores"].to_list())) / 2)  # fmt: skip
+        result = env["ensemble"][p]
+        meta = result.asset_materializations_for_node("judge_ensemble")[0].metadata
+        assert meta["judges"].value == "qwen25vl,internvl3" and meta["rule"].value == "mean_prob"
+        for key in ("per_judge", "pairwise", "scatter"):
+            assert key in meta, key
+        pair = meta["pairwise"].value.records[0].data
+        assert (pair["judge a"], pair["judge b"]) == ("qwen25vl", "internvl3")
+        assert meta["scatter"].value.startswith("![") and "scatter.png" in meta["scatter_mlflow"].value
+        assert -1 <= meta["spearman"].value <= 1 and -1 <= meta["kendall"].value <= 1
+        assert 0 <= meta["fn_filter_disagreement"].value <= 1
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks["judge_ensemble_valid"]
+
+
+def test_reliability_weights_come_from_each_judges_held_out_auc(env):
+    # judge_model records a held-out AUC; stand in two known values (the tiny judges' are near chance)
+    for name, auc in zip(JUDGES, (0.9, 0.6), strict=True):
+        env["instance"].report_runless_asset_event(
+            dg.AssetMaterialization(["judge_model", name], metadata={"held_out_auc": auc}))
+    p = TRAIN[0]
+    result = _run(env, ["judge_ensemble"], p, overrides={"ensemble": {"rule": "auc_weighted"}})
+    a, b = (_table(env, "judge_scores", n, f"{p}.parquet") for n in JUDGES)
+    ens = _table(env, "judge_ensemble", f"{p}.parquet")
+    np.testing.assert_allclose(ens["pos_score"].to_numpy(), (0.8 * a["pos_score"] + 0.2 * b["pos_score"]).to_numpy())
+    meta = result.asset_materializations_for_node("judge_ensemble")[0].metadata
+    assert meta["rule"].value == "auc_weighted" and "0.9" in meta["reliability_weights"].value
+    _run(env, ["judge_ensemble"], p)  # back to the default rule for the training variants
+
+
+@pytest.mark.parametrize("source", [*JUDGES, "ensemble"])
+def test_mining_and_training_from_each_judge_and_the_ensemble(env, source):
+    overrides = {"mining": {"judge": source}}
+    for p in TRAIN:
+        result = _run(env, ["mined_negatives"], p, overrides=overrides)
+        assert result.asset_materializations_for_node("mined_negatives")[0].metadata["judge"].value == source
+        scores = _table(env, *(("judge_ensemble",) if source == "ensemble" else ("judge_scores", source)), f"{p}.parquet")
+        mined = _table(env, "mined_negatives", f"{p}.parquet")
+        assert set(mined["judge"]) == {source}
+        np.testing.assert_array_equal(mined["pos_score"].to_numpy(), scores["pos_score"].to_numpy())
+        for negs, cands, fallback in zip(mined["neg_scores"], scores["cand_scores"], mined["fallback"], strict=True):
+            if not fallback:  # every negative's score is one of this source's candidate scores
+                assert set(negs.to_list()) <= set(cands.to_list())
+    # the embedder trains on every source except the first judge, the default that tests/e2e trains on
+    trained = source != JUDGES[0]
+    result = _run(env, ["training_set", *(["embedder_checkpoint"] if trained else [])], overrides=overrides)
+    ts = _table(env, "training_set.parquet")
+    assert set(ts["subset"]) == set(TRAIN)
+    expected = pl.concat([_table(env, *(("judge_ensemble",) if source == "ensemble" else ("judge_scores", source)),
+                                 f"{p}.parquet") for p in TRAIN])  # fmt: skip
+    joined = ts.join(expected.select("pair_id", pl.col("pos_score").alias("source_pos")), on="pair_id")
+    assert joined.height == ts.height and np.allclose(joined["pos_score"], joined["source_pos"])
+    if trained:
+        meta = result.asset_materializations_for_node("embedder_checkpoint")[0].metadata
+        assert meta["steps"].value == 3 and np.isfinite(meta["final_loss"].value)
+
+
+def test_mining_reads_the_source_mining_judge_names_and_fails_naming_a_missing_one(env):
+    from unime_assets.config import load_settings
+    from unime_assets.defs.assets.judges import scores_for_mining
+
+    settings = env["root"] / "settings.yaml"
+    table = pl.DataFrame({"pair_id": ["p"], "pos_score": [0.5], "cand_scores": [[0.1]]})
+    scores = {"scores_qwen25vl": table, "scores_internvl3": pl.DataFrame(), "judge_ensemble": table}
+    default = load_settings(settings)
+    assert scores_for_mining(default, scores, "SynColor") == ("qwen25vl", "judge_scores/qwen25vl", table)
+    ens = load_settings(settings, {"mining": {"judge": "ensemble"}})
+    assert scores_for_mining(ens, scores, "SynColor")[:2] == ("ensemble", "judge_ensemble")
+    with pytest.raises(ValueError, match=r"'internvl3' but judge_scores/internvl3\[SynColor\] is not materialized"):
+        scores_for_mining(load_settings(settings, {"mining": {"judge": "internvl3"}}), scores, "SynColor")
