@@ -27,7 +27,8 @@ def _np_reference(sims: np.ndarray, judge: np.ndarray, tau: float) -> float:
 
 @pytest.mark.parametrize("tau", [0.02, 0.1, 1.0])
 def test_matches_hand_computed_2x3(tau: float) -> None:
-    got = judge_alignment_loss(torch.tensor(SIMS), torch.tensor(JUDGE), temperature=tau)
+    # The exact form (eps = 0); the default official eps form is pinned in test_losses_official_eps.py.
+    got = judge_alignment_loss(torch.tensor(SIMS), torch.tensor(JUDGE), temperature=tau, eps=0.0)
     assert got.dim() == 0
     assert got.item() == pytest.approx(_np_reference(SIMS, JUDGE, tau), abs=1e-6)
 
@@ -45,7 +46,9 @@ def test_close_to_official_eps_formula() -> None:
 
 def test_zero_when_equal_and_symmetric() -> None:
     s, j = torch.tensor(SIMS), torch.tensor(JUDGE)
-    assert judge_alignment_loss(s, s.clone()).item() == pytest.approx(0.0, abs=1e-12)
+    assert judge_alignment_loss(s, s.clone(), eps=0.0).item() == pytest.approx(0.0, abs=1e-12)
+    # The official eps form is zero only up to the eps: -sum(eps) per row at most.
+    assert judge_alignment_loss(s, s.clone()).item() == pytest.approx(0.0, abs=3e-8)
     assert judge_alignment_loss(s, j).item() == pytest.approx(judge_alignment_loss(j, s).item(), rel=1e-12)
     assert judge_alignment_loss(s, j).item() > 0
 

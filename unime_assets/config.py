@@ -8,6 +8,7 @@ the embedded profile only shrinks compute sizes (steps, batch sizes).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -66,6 +67,23 @@ class LoraConfig(Strict):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
     )
+    # A regex (peft `exclude_modules`, full match) of module names never wrapped, e.g. the vision tower.
+    exclude_modules: str | None = None
+
+
+class RerankerLoraConfig(LoraConfig):
+    """The official reranker's LoRA (Rerank/scripts/train_qwen25VL_7B.sh, Rerank/arguments.py) as the
+    defaults a partial `reranker.lora` mapping is merged onto."""
+
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    use_dora: bool = False
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    # Official: LoRA on the language model only; Qwen2.5-VL's vision MLPs share the names above.
+    exclude_modules: str | None = r".*visual.*"
 
 
 ENSEMBLE = "ensemble"  # mining.judge value: train on the judge ensemble
@@ -188,16 +206,23 @@ class BootstrapSettings(Strict):
 
 
 class TrainSettings(Strict):
-    """What every DeepSpeed training loop shares."""
+    """What every DeepSpeed training loop shares. Defaults follow the official embedder script
+    (Embedding/shells/training/train_qwen2vl.sh) and the HF Trainer defaults it runs under."""
 
     ranges = {"steps": ((">=", 1),), "batch_size": ((">=", 1),), "grad_accum": ((">=", 1),), "lr": ((">", 0),),
               "warmup_steps": ((">=", 0),)}  # fmt: skip
 
-    steps: int = 2000
-    batch_size: int = 512  # queries per optimizer micro-step
+    steps: int | None = 2000  # optimizer steps (HF max_steps); None: `epochs` passes over the training set
+    epochs: float = Field(1.0, gt=0)  # used only when steps is None (HF num_train_epochs)
+    batch_size: int = 512  # queries per micro-step over all ranks (official: 64 per GPU x 8 GPUs)
     grad_accum: int = 1
     lr: float = 1e-4
-    warmup_steps: int = 200
+    # HF schedules (transformers.get_scheduler), both with a linear warmup from 0.
+    lr_schedule: Literal["linear", "cosine"] = "linear"
+    warmup_steps: int = Field(200, ge=0)  # > 0 wins over warmup_ratio (the HF rule)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)  # warmup = ceil(ratio x steps) when warmup_steps is 0
+    weight_decay: float = Field(0.0, ge=0)  # AdamW decoupled weight decay (HF default 0)
+    grad_clip: float = Field(1.0, gt=0)  # max global gradient norm (HF max_grad_norm)
     zero_stage: int = Field(2, ge=0, le=3)
     seed: int = 42
     # Launch (training/launch.py): torchrun or deepspeed starts `processes` ranks through Dagster Pipes.
@@ -208,6 +233,27 @@ class TrainSettings(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)  # a Dagster log line every N steps (MLflow gets every step)
 
+    def total_steps(self, n_queries: int) -> int:
+        """Optimizer steps: `steps`, or `epochs` over n_queries as the HF Trainer counts them
+        (micro-batches per epoch, floor-divided by the accumulation, at least 1)."""
+        if self.steps is not None:
+            return self.steps
+        if n_queries < 1:
+            raise ValueError("cannot size an epoch-based schedule on an empty training set")
+        per_epoch = max(math.ceil(n_queries / self.batch_size) // self.grad_accum, 1)
+        return math.ceil(self.epochs * per_epoch)
+
+    def total_warmup(self, total_steps: int) -> int:
+        """Warmup steps as the HF Trainer resolves them: warmup_steps if > 0, else ceil(ratio x steps)."""
+        return self.warmup_steps if self.warmup_steps > 0 else math.ceil(total_steps * self.warmup_ratio)
+
+
+# The official embedder squashes every training image to a square (Embedding/src/dataset.py
+# process_image): --image_resolution mid (672) for Qwen2-VL, mid_336 for LLaVA-OneVision.
+IMAGE_RESOLUTIONS: dict[str, int | None] = {"high": 1344, "mid": 672, "mid_336": 336, "low": 128, "native": None}
+# The official reranker collator caps every image at 300*28*28 pixels (smart_resize, aspect kept).
+RERANK_MAX_PIXELS = 300 * 28 * 28
+
 
 class EmbedderSettings(TrainSettings):
     ranges = {"temperature": ((">", 0),), "k_negatives": ((">=", 1),)}
@@ -216,25 +262,44 @@ class EmbedderSettings(TrainSettings):
     k_negatives: int = 8
     temperature: float = 0.02
     loss: Literal["judge_kl", "infonce_mined", "infonce_inbatch"] = "judge_kl"
+    # judge_kl: log(softmax + loss_eps) on kl_div's input side as in the official loss; 0 = exact log-softmax.
+    loss_eps: float = Field(1e-8, ge=0)
+    # Training images: the official named sizes (squashed to a square), or "native" (processor default).
+    image_resolution: Literal["high", "mid", "mid_336", "low", "native"] = "mid"
+    max_len: int | None = Field(4096, ge=1)  # tokens per sequence, truncated on the right (official max_len)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @property
+    def image_size(self) -> int | None:
+        return IMAGE_RESOLUTIONS[self.image_resolution]
 
 
 class RerankerSettings(TrainSettings):
-    ranges = {"listwise_per_query": ((">=", 1),)}
+    """Defaults follow the official reranker script (Rerank/scripts/train_qwen25VL_7B.sh): one epoch,
+    32 queries per optimizer step as 1 per GPU x 4 accumulation x 8 GPUs, cosine with 3 % warmup."""
 
-    batch_size: int = 32
+    steps: int | None = None  # one epoch (`epochs`)
+    batch_size: int = 8  # queries per micro-step over all ranks: 1 per rank on 8 processes
+    grad_accum: int = 4
+    ranges = {"listwise_per_query": ((">=", 1),)}
     # Listwise training lists: None, the official fixed 6 (positive + 5 hard negatives); (lo, hi): a
     # length drawn in lo..hi per example, to train the list lengths inference shows (2..rerank_top_k).
     list_sizes: tuple[int, int] | None = None
     listwise_per_query: int = 1  # listwise examples per query (official: 1), beside the two pairwise ones
     lr: float = 2e-5
-    warmup_steps: int = 60
-    lora: LoraConfig = Field(
-        default_factory=lambda: LoraConfig(
-            r=128, alpha=256, dropout=0.05, use_dora=False,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        )
-    )  # fmt: skip
+    lr_schedule: Literal["linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    max_pixels: int | None = Field(RERANK_MAX_PIXELS, ge=28 * 28)  # None: the processor's default
+    # official: supervise "<|im_start|>assistant\n" + answer + "<|im_end|>\n" (the official collator);
+    # answer_eos: the answer and its <|im_end|> only.
+    label_mask: Literal["official", "answer_eos"] = "official"
+    # official: the training script's pairwise prompt (its wording, typo "responed" included);
+    # judge: the judge's / evaluation's prompt ("respond").
+    pairwise_prompt: Literal["official", "judge"] = "official"
+    # official: the training script's draw (n = randint(1, 4), slot = randint(1, n + 1)); uniform: any slot.
+    listwise_slot: Literal["official", "uniform"] = "official"
+    lora: RerankerLoraConfig = Field(default_factory=lambda: RerankerLoraConfig())
 
     @model_validator(mode="after")
     def _list_sizes(self) -> RerankerSettings:
@@ -306,8 +371,13 @@ class EvalSettings(Strict):
     rerank_batch_size: int = 8
     rerank_mode: Literal["listwise", "pairwise"] = "listwise"
     rerank_also: list[Literal["listwise", "pairwise"]] = Field(default_factory=list)  # more rows beside rerank_mode
-    rerank_max_pixels: int | None = 300 * 28 * 28  # the official reranker's image budget
-    rerank_max_new_tokens: int = 16
+    rerank_max_pixels: int | None = RERANK_MAX_PIXELS  # the official reranker's image budget
+    rerank_max_new_tokens: int = 128  # the official eval's greedy budget
+    # Listwise answers without a valid "(n)": a miss (official), or keep the embedder's order.
+    rerank_unparsable: Literal["miss", "embedder_order"] = "miss"
+    # A reranked row is a hit when the top candidate has the ground truth's content, (text, image)
+    # (official: duplicates of the GT count), or only when it is the GT's own index.
+    rerank_hit: Literal["content", "index"] = "content"
     promote_min_gain: float = 0.0  # `champion` moves only when overall P@1 improves by more than this
     zeroshot_roots: dict[str, str] = Field(default_factory=dict)  # set name -> local folder (data/zeroshot.py)
 

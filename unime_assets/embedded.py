@@ -59,10 +59,13 @@ SIZES: dict[str, EmbeddedSize] = {
                           **_retriever_budget(DEMO_TRAIN), "judge_steps": 1200, "judge_batch_size": 32,
                           "judge_lr": 1e-3},
             "judging": {"batch_size": 64},
+            # Small budgets (steps, batch, no accumulation), a larger lr and full fine-tuning of the tiny
+            # models; every other choice is the official recipe's (config.py defaults: eps loss, 672x672
+            # training images, HF linear / cosine schedules, the reranker's mask, prompt and slot draw).
             # GradCache off: on a tiny CPU model it is 5-6x slower and memory is no issue.
             "embedder": {**DEMO_TRAIN, "gradcache_chunk": 0, "lora": {"enabled": False}},
             # Listwise lists of every length the top-10 shows (the eval rows hold 3-8 candidates).
-            "reranker": {"steps": 150, "batch_size": 8, "lr": 5e-4, "warmup_steps": 10, "list_sizes": [2, 10],
+            "reranker": {"steps": 150, "batch_size": 8, "grad_accum": 1, "lr": 5e-4, "warmup_steps": 10, "list_sizes": [2, 10],
                          "listwise_per_query": 1, "lora": {"enabled": False}},
             # Both reranking modes are reported; pairwise is the row the demo reads (README: measured).
             "evaluation": {"image_size": None, "batch_size": 64, "rerank_mode": "pairwise",
@@ -80,7 +83,8 @@ SIZES: dict[str, EmbeddedSize] = {
             "retrieval": {"top_k": 12},
             "mining": {"n_negatives": 4, "step": 2},
             "embedder": {**TEST_TRAIN, "k_negatives": 2, "gradcache_chunk": 4, "lora": {"enabled": False}},
-            "reranker": {"steps": 3, "batch_size": 3, "lr": 5e-4, "warmup_steps": 1, "list_sizes": [2, 4],
+            # 4 steps: enough for the end-to-end test to tell the cosine schedule from the linear one.
+            "reranker": {"steps": 4, "batch_size": 3, "grad_accum": 1, "lr": 5e-4, "warmup_steps": 1, "list_sizes": [2, 4],
                          "lora": {"enabled": False}},
             "evaluation": {"image_size": None, "rerank_top_k": 4, "rerank_also": ["pairwise"]},
             "ablation": {"seeds": [1, 2], "k_values": [2, 4]},

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["info_nce_loss", "judge_alignment_loss"]
+__all__ = ["OFFICIAL_LOG_EPS", "info_nce_loss", "judge_alignment_loss"]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -16,20 +16,36 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+# The official loss (UniME-v2 Embedding/src/loss.py) takes log(softmax + 1e-8) on kl_div's input side.
+OFFICIAL_LOG_EPS = 1e-8
+
+
 def judge_alignment_loss(
-    similarities: torch.Tensor, judge_scores: torch.Tensor, temperature: float = 0.02
+    similarities: torch.Tensor,
+    judge_scores: torch.Tensor,
+    temperature: float = 0.02,
+    eps: float = OFFICIAL_LOG_EPS,
 ) -> torch.Tensor:
     """Symmetric KL between the model's and the judge's candidate distributions (UniME-V2 eq. for L).
 
     similarities: (N, 1+k) cosine similarities of each query with [positive, k hard negatives].
     judge_scores: (N, 1+k) MLLM judge scores of the same candidates in the same order.
-    Returns the scalar 0.5 * (KL(P||Q) + KL(Q||P)), each KL summed over candidates and averaged over
-    the N queries ('batchmean'), with P = softmax(similarities / tau) and Q = softmax(judge / tau).
+    P = softmax(similarities / tau) (the model), Q = softmax(judge_scores / tau) (the judge).
+    The paper calls it "JS divergence"; it is the symmetric KL 0.5 * (KL(P||Q) + KL(Q||P)) of the
+    official code, each term summed over candidates and averaged over the N queries ('batchmean').
 
-    The paper calls this "JS divergence"; it is the symmetric KL (Jeffreys / 2), as in the official code.
-    Q is a constant target: judge_scores are detached, so gradient reaches only `similarities`.
-    The official code takes log(P + 1e-8) / log(Q + 1e-8) of softmax outputs; we use log_softmax,
-    which is exact and stable (differences from the official value are O(1e-8)).
+    eps (default 1e-8, the official value) reproduces the official computation, values and
+    gradients: each KL term is torch's kl_div(log(X + eps), Y) = sum Y * (log Y - log(X + eps)),
+    i.e. eps sits on the input side of both terms and the target side is exact:
+        0.5 * [ sum Q (log Q - log(P + eps)) + sum P (log P - log(Q + eps)) ] / N.
+    This is NOT a rounding-level difference: with tau = 0.02 and judge scores in [0, 1] many Q
+    entries are far below 1e-8 (half of them on the 50 released records), where log(Q + eps)
+    clamps at log(eps) ~ -18.4 instead of log Q; the loss is then ~1.6x smaller than the exact
+    one and its gradient points elsewhere (cosine 0.87-0.96 measured; docs/fidelity.md).
+    eps = 0 gives the exact form with log_softmax on both sides.
+
+    Q is a constant target: judge_scores are detached, so gradient reaches only `similarities`
+    (through P, in both terms). Computed in at least float32.
     """
     if not isinstance(similarities, torch.Tensor) or not isinstance(judge_scores, torch.Tensor):
         raise TypeError("similarities and judge_scores must be torch.Tensor")
@@ -48,6 +64,8 @@ def judge_alignment_loss(
         raise ValueError("empty batch: N = 0 queries")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
 
     dtype = _compute_dtype(similarities.dtype)
     log_p = F.log_softmax(similarities.to(dtype) / temperature, dim=-1)
@@ -55,10 +73,14 @@ def judge_alignment_loss(
         judge_scores.detach().to(device=similarities.device, dtype=dtype) / temperature, dim=-1
     )
     p, q = log_p.exp(), log_q.exp()
+    # kl_div's input side: log(X + eps) as in the official code, or the exact log-softmax.
+    in_p = torch.log(p + eps) if eps > 0 else log_p
+    in_q = torch.log(q + eps) if eps > 0 else log_q
     n = similarities.shape[0]
-    kl_pq = (p * (log_p - log_q)).sum() / n  # KL(P||Q), batchmean
-    kl_qp = (q * (log_q - log_p)).sum() / n  # KL(Q||P), batchmean
-    return 0.5 * (kl_pq + kl_qp)
+    # The target side is exact (kl_div uses xlogy, 0 * log 0 = 0): an underflowed q or p adds 0.
+    kl_q_p = (q * (log_q - in_p)).sum() / n  # kl_div(log(P + eps), Q): KL(Q||P) when eps = 0
+    kl_p_q = (p * (log_p - in_q)).sum() / n  # kl_div(log(Q + eps), P): KL(P||Q) when eps = 0
+    return 0.5 * (kl_q_p + kl_p_q)
 
 
 def info_nce_loss(

@@ -108,3 +108,26 @@ def test_report_cache_and_promotion(report_env):
         for version in ("1", "2"):
             assert len(list((root / "assets" / "registry_models" / "unime-v2-embedder").glob(f"{version}-*"))) == 1
         assert "mmeb.scores" in client.get_model_version("unime-v2-embedder", "2").tags
+
+
+def test_report_shows_protocol_counts_per_subset(report_env):
+    """Per subset: rows whose top score is an exact tie (per model) and the reranker's unparsable
+    listwise answers, in the Dagster metadata and as MLflow metrics; the official eval settings as
+    MLflow params."""
+    root, uri, client = report_env
+    (root / "dg-protocol").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "dg-protocol")) as instance:
+        meta, _ = _materialize_report(root, uri, instance)
+    table = meta["protocol"].value.splitlines()
+    assert table[0].startswith("| subset | rows | retriever: tied (GT) |") and table[0].endswith("reranker: unparsable |")
+    rows = {line.split(" | ")[0].strip("| "): line for line in table[2:]}
+    assert set(rows) == set(EVAL)
+    run = client.get_run(meta["mlflow_run_id"].value)
+    params, metrics = run.data.params, run.data.metrics
+    assert (params["rerank_unparsable"], params["rerank_hit"], params["tie_rule"]) == (
+        "miss", "content", "argmax: ties to the ground truth")  # fmt: skip
+    assert sum(metrics[f"rerank_unparsable.{n}"] for n in EVAL) == metrics["rerank_unparsable"] == meta["rerank_unparsable"].value
+    for n in EVAL:
+        assert rows[n].endswith(f"| {int(metrics[f'rerank_unparsable.{n}'])} |")
+        tied, gt = int(metrics[f"embedder.tied_top.{n}"]), int(metrics[f"embedder.gt_tied.{n}"])
+        assert f"| {tied} ({gt}) |" in rows[n]

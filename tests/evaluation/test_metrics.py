@@ -268,3 +268,17 @@ def test_report_table_and_markdown() -> None:
     assert "UniME-V2 LLaVA-OV-7B (published, same 3 datasets) | 78.8 | 69.5 | – | 78.2 |" in agg
     synth = per_dataset_markdown({"embedder": {"SynColor": 0.5}}, SYNTHETIC_EVAL, published_for(["SynColor"]))
     assert "published" not in synth
+
+
+def test_top_ties_counts_rows_with_a_shared_top_score() -> None:
+    from unime_assets.evaluation import top_ties
+
+    rows = [
+        np.array([0.9, 0.9, 0.1]),  # GT tied at the top
+        np.array([0.1, 0.9, 0.9]),  # a tie at the top without the GT
+        np.array([0.9, 0.5, 0.5]),  # a tie below the top does not count
+        np.array([0.7, np.nan, 0.7]),  # NaN never ties; GT tied with candidate 2
+        np.array([np.nan, np.nan]),  # nothing finite
+    ]
+    assert top_ties(rows) == (3, 2)
+    assert top_ties([np.array([1.0])]) == (0, 0)

@@ -1,6 +1,7 @@
 """MMEB runner: unique items encoded once, the on-disk cache (a second evaluation encodes nothing and
-loads no model), and top-k reranking listwise (unparsable answers counted, embedder order kept) or
-pairwise (P(Yes) order)."""
+loads no model), and top-k reranking listwise or pairwise (P(Yes) order): by default as the official
+eval (an unparsable answer is a miss, a hit is judged by the chosen candidate's content), the lenient
+variant (embedder order kept, hit by index) as an option; unparsable answers counted either way."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def _rows(n: int) -> pl.DataFrame:
     })  # fmt: skip
 
 
-def test_listwise_unparsable_keeps_embedder_order_and_is_counted(monkeypatch):
+def test_listwise_lenient_unparsable_keeps_embedder_order_and_is_counted(monkeypatch):
     rows = _rows(4)
     # Embedder ranks per row (GT = candidate 0): row0 GT 2nd, row1 GT 1st, row2 GT 3rd, row3 GT outside top-3.
     scores = [np.array([0.8, 0.9, 0.1, 0.0]), np.array([0.9, 0.1, 0.2, 0.3]), np.array([0.5, 0.9, 0.8, 0.1]),
@@ -102,13 +103,39 @@ def test_listwise_unparsable_keeps_embedder_order_and_is_counted(monkeypatch):
 
     monkeypatch.setattr("unime_assets.evaluation.runner.rerank_listwise", fake_listwise)
     fake = type("LM", (), {"model": None, "processor": None})()
-    out = rerank_subset(fake, rows, scores, images=None, top_k=3, batch_size=2, mode="listwise")
+    out = rerank_subset(fake, rows, scores, images=None, top_k=3, batch_size=2, mode="listwise",
+                        unparsable="embedder_order", hit="index")  # fmt: skip
     assert seen["lists"][0] == ["c0_1", "c0_0", "c0_2"]  # the embedder's top-3, best first
     # row0: (2) picks the GT -> hit; row1: unparsable keeps the embedder's top-1 = GT -> hit;
     # row2: (7) is out of range -> unparsable, embedder's top-1 is not the GT -> miss;
     # row3: the GT is not in the top-3 the reranker saw -> miss whatever it answers.
     assert out.unparsable == 2 and out.precision_at_1 == pytest.approx(0.5) and out.mode == "listwise"
     assert out.orders[0][0] == 0 and out.orders[1] == [0, 3, 2] and out.orders[2] == [1, 2, 0]
+
+
+def test_listwise_official_unparsable_is_a_miss_and_hits_go_by_content(monkeypatch):
+    """The official eval: an answer without a valid "(n)" is a miss even when the embedder's top-1 is
+    the GT, and choosing any candidate with the GT's (text, image) is a hit."""
+    rows = _rows(4)
+    tgt = rows["tgt_text"].to_list()
+    tgt[2] = ["gt2", "c2_1", "gt2", "c2_3"]  # row 2: candidate 2 duplicates the ground truth
+    rows = rows.with_columns(pl.Series("tgt_text", tgt))
+    scores = [np.array([0.8, 0.9, 0.1, 0.0]), np.array([0.9, 0.1, 0.2, 0.3]), np.array([0.5, 0.9, 0.8, 0.1]),
+              np.array([0.9, 0.1, 0.2, 0.3])]  # fmt: skip
+    # row0: picks the GT; row1: unparsable (embedder top-1 is the GT); row2: picks the duplicate at
+    # position 2 of [1, 2, 0]; row3: picks position 2 = candidate 3.
+    answers = ["Ans: (2)", "I cannot tell", "Ans: (2)", "Ans: (2)"]
+    monkeypatch.setattr("unime_assets.evaluation.runner.rerank_listwise", lambda *a, **k: answers)
+    fake = type("LM", (), {"model": None, "processor": None})()
+    kw = dict(images=None, top_k=3, batch_size=2, mode="listwise")
+    official = rerank_subset(fake, rows, scores, **kw)  # defaults: unparsable="miss", hit="content"
+    assert official.hits == [True, False, True, False] and official.precision_at_1 == 0.5
+    assert official.unparsable == 1 and official.orders[2][0] == 2
+    # Each factor alone: the lenient unparsable rule makes row 1 a hit; the index rule, row 2 a miss.
+    assert rerank_subset(fake, rows, scores, unparsable="embedder_order", **kw).hits == [True, True, True, False]
+    assert rerank_subset(fake, rows, scores, hit="index", **kw).hits == [True, False, False, False]
+    with pytest.raises(ValueError, match="unparsable"):
+        rerank_subset(fake, rows, scores, unparsable="skip", **kw)
 
 
 def test_pairwise_reorders_by_yes_probability(monkeypatch):

@@ -264,7 +264,17 @@ def test_embedder_asset_launches_logs_and_registers(tmp_path, settings, embedded
     assert mv.tags["upstream.training_set.storage_id"]
     run_id = meta["mlflow_run_id"].value
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1, 2]  # logged by rank 0
-    assert client.get_run(run_id).data.params["launch.processes"] == "1"
+    params = client.get_run(run_id).data.params
+    assert params["launch.processes"] == "1"
+    # The official recipe reaches MLflow and the launched ranks (the spec they read).
+    assert float(params["loss_eps"]) == 1e-8 and params["image_resolution"] == "mid" and params["image_size"] == "672"
+    assert (params["lr_schedule"], params["total_steps"], params["total_warmup_steps"]) == ("linear", "3", "1")
+    assert (params["max_len"], params["weight_decay"], params["grad_clip"]) == ("4096", "0.0", "1.0")
+    spec = json.loads((tmp_path / "assets" / "launch" / "embedder_checkpoint" / "spec.json").read_text())
+    assert (spec["loss_eps"], spec["image_size"], spec["max_len"]) == (1e-8, 672, 4096)
+    assert (spec["lr_schedule"], spec["steps"], spec["warmup_steps"], spec["weight_decay"]) == ("linear", 3, 1, 0.0)
+    lrs = sorted(client.get_metric_history(run_id, "lr"), key=lambda m: m.step)
+    assert [m.value for m in lrs] == pytest.approx([0.0, 5e-4, 2.5e-4])  # HF linear: step 0 runs at lr 0, then decays
 
     image = training_set.filter(training_set["pos_image_path"] != "")["pos_image_path"][0]
     code = textwrap.dedent(f"""

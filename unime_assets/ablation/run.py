@@ -72,7 +72,7 @@ def train_and_evaluate(settings, training_set: pl.DataFrame, eval_df: pl.DataFra
     write_parquet(training_set, data)
     base = settings.embedder_base_path
     spec = spec_from_settings("embedder", settings, settings.embedder, base=base, training_set=data, out_dir=out,
-                              checkpoint_every=0, mlflow_run_id=mlflow_run_id, mlflow_tracking_uri=tracking_uri,
+                              n_queries=training_set.height, checkpoint_every=0, mlflow_run_id=mlflow_run_id, mlflow_tracking_uri=tracking_uri,
                               trust_remote_code=remote_code_allowed(base))  # fmt: skip
     result = run_spec(spec)
     set_torch_threads(settings.torch_threads)

@@ -25,6 +25,7 @@ from unime_assets.evaluation.metrics import (
     retrieval_recall,
     row_predictions,
     top_k_order,
+    top_ties,
 )
 from unime_assets.evaluation.promotion import EvalRecord, PromotionDecision, decide_promotion
 from unime_assets.evaluation.published import PUBLISHED, Published, published_for
@@ -54,4 +55,5 @@ __all__ = [
     "row_predictions",
     "subset_fingerprint",
     "top_k_order",
+    "top_ties",
 ]

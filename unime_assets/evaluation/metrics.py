@@ -28,6 +28,7 @@ __all__ = [
     "retrieval_recall",
     "row_predictions",
     "top_k_order",
+    "top_ties",
 ]
 
 AGGREGATE_KEYS: tuple[str, ...] = (*META_TASKS, "ind", "ood", "overall")
@@ -53,6 +54,24 @@ def precision_at_1(scores: Sequence[np.ndarray]) -> float:
         # Plain argmax would pick the first NaN; mask NaNs so they lose instead.
         hits += int(np.argmax(np.where(np.isnan(s), -np.inf, s)) == 0)
     return hits / len(scores)
+
+
+def top_ties(scores: Sequence[np.ndarray]) -> tuple[int, int]:
+    """(rows whose top score is shared by two or more candidates, those of them where the ground
+    truth is among the tied): the second count is the rows whose hit depends on the tie rule
+    (argmax gives them to the GT; the official UniME-V2 scorer's unstable sort, to either). NaN
+    scores never tie (they count as -inf)."""
+    tied = gt_tied = 0
+    for row in scores:
+        s = np.asarray(row, dtype=np.float64).ravel()
+        s = np.where(np.isnan(s), -np.inf, s)
+        if s.size < 2 or not np.isfinite(s.max()):
+            continue
+        top = s == s.max()
+        if top.sum() > 1:
+            tied += 1
+            gt_tied += bool(top[0])
+    return tied, gt_tied
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -151,3 +151,21 @@ def zeroshot_markdown(results: Mapping[str, Mapping[str, float]]) -> str:
     rows = [[s, k, f"{100 * v:.1f}"] for s, metrics in results.items() for k, v in metrics.items()]
     rows += [["summary", k, f"{100 * v:.1f}"] for k, v in zeroshot_summary(results).items()]
     return markdown_table(header, rows)
+
+
+def protocol_markdown(subsets: Sequence[str], n_rows: Mapping[str, int],
+                      ties: Mapping[str, Mapping[str, tuple[int, int]]],
+                      unparsable: Mapping[str, int] | None, info: Mapping[str, SubsetInfo]) -> str:  # fmt: skip
+    """Per subset, what the protocol decided rather than the model: rows whose top score is an
+    exact tie per model ("tied (GT among them)"; those with the GT are hits only under argmax's
+    ties-to-GT rule) and the reranker's unparsable listwise answers (None: no listwise reranking)."""
+    header = ["subset", "rows", *(f"{m}: tied (GT)" for m in ties)]
+    if unparsable is not None:
+        header.append("reranker: unparsable")
+    rows = []
+    for n in _ordered(subsets, info):
+        row = [n, str(n_rows[n]), *(f"{t[n][0]} ({t[n][1]})" for t in ties.values())]
+        if unparsable is not None:
+            row.append(str(unparsable.get(n, 0)))
+        rows.append(row)
+    return markdown_table(header, rows)

@@ -6,9 +6,13 @@ are cached on disk by (model fingerprint, precision, image size) and item conten
 an unchanged model again encodes nothing and does not even load it.
 
 With the reranker, the embedder's top-k of each row is reordered, listwise (greedy answer, first
-"(n)"; an unparsable answer keeps the embedder's order and is counted) or pairwise (P(Yes) per
-candidate, descending, ties keep the embedder's order). A reranked subset is cached as JSON keyed by
-the reranker's and embedder's weights, the subset's rows and the rerank settings.
+"(n)") or pairwise (P(Yes) per candidate, descending, ties keep the embedder's order). As in the
+official eval (Embedding/eval_rerank.py) by default, an unparsable listwise answer is a miss and a
+row is a hit when the chosen candidate has the ground truth's content (text and image path), so a
+duplicate of the GT counts; `unparsable="embedder_order"` / `hit="index"` give the lenient variant
+(keep the embedder's order; only the GT's own index counts). Unparsable answers are counted either
+way. A reranked subset is cached as JSON keyed by the reranker's and embedder's weights, the
+subset's rows and the rerank settings.
 """
 
 from __future__ import annotations
@@ -140,6 +144,8 @@ class SubsetResult:
     row_scores: list[np.ndarray] = field(repr=False, default_factory=list)
     encoded: int = 0
     cached: int = 0
+    tied_top: int = 0  # rows whose top score is an exact tie (metrics.top_ties)
+    gt_tied: int = 0  # ... with the ground truth among the tied: hits only under argmax's rule
 
 
 def evaluate_model(model: ModelHandle | str | Path, eval_df: pl.DataFrame, image_root: str | Path, *,
@@ -151,13 +157,16 @@ def evaluate_model(model: ModelHandle | str | Path, eval_df: pl.DataFrame, image
     out: dict[str, SubsetResult] = {}
     for (name,), rows in eval_df.group_by("subset", maintain_order=True):
         scores, st = embed_subset(handle, rows, images, batch_size, cache_dir)
-        out[str(name)] = SubsetResult(
-            str(name), metrics.precision_at_1(scores), rows.height, scores, st.encoded, st.cached
-        )
+        out[str(name)] = SubsetResult(str(name), metrics.precision_at_1(scores), rows.height, scores, st.encoded,
+                                      st.cached, *metrics.top_ties(scores))  # fmt: skip
         if log:
             log(f"{name}: P@1 {out[str(name)].precision_at_1:.3f} over {rows.height} rows "
                 f"({st.encoded} encoded, {st.cached} cached)")  # fmt: skip
     return out
+
+
+RERANK_UNPARSABLE = ("miss", "embedder_order")
+RERANK_HIT = ("content", "index")
 
 
 @dataclass
@@ -167,39 +176,56 @@ class RerankOutcome:
     n_rows: int
     mode: str
     orders: list[list[int]] = field(repr=False, default_factory=list)  # reranked candidate ids per row
+    hits: list[bool] = field(repr=False, default_factory=list)  # per row, under the hit rule
+
+
+def _is_hit(order: list[int], items: list[Item], rule: str) -> bool:
+    """The top candidate is the ground truth: by content (its (text, image) equals the GT's, as the
+    official eval compares them) or by index (candidate 0 itself)."""
+    return order[0] == 0 if rule == "index" else items[order[0]] == items[0]
 
 
 def rerank_subset(reranker, rows: pl.DataFrame, row_scores: Sequence[np.ndarray], images: Callable, *,
-                  top_k: int, batch_size: int, mode: str = "listwise",
-                  max_new_tokens: int = 16) -> RerankOutcome:  # fmt: skip
+                  top_k: int, batch_size: int, mode: str = "listwise", max_new_tokens: int = 128,
+                  unparsable: str = "miss", hit: str = "content") -> RerankOutcome:  # fmt: skip
     """Rerank each row's embedder top-k with a loaded reranker (`LoadedModel`), P@1 after reranking.
 
-    A row whose ground truth is outside the embedder's top-k stays a miss.
+    A row whose ground truth (or, by content, a duplicate of it) is outside the embedder's top-k
+    stays a miss. Listwise, an answer without a valid "(n)" is a miss (`unparsable="miss"`, official)
+    or keeps the embedder's order (`"embedder_order"`); `hit` is the rule above (`_is_hit`).
     """
     if mode not in RERANK_MODES:
         raise ValueError(f"rerank mode {mode!r}; expected one of {RERANK_MODES}")
-    queries, lists, embed_orders = [], [], []
+    if unparsable not in RERANK_UNPARSABLE or hit not in RERANK_HIT:
+        raise ValueError(f"rerank unparsable={unparsable!r} / hit={hit!r}; expected one of "
+                         f"{RERANK_UNPARSABLE} / {RERANK_HIT}")  # fmt: skip
+    queries, lists, embed_orders, row_items = [], [], [], []
     for r, scores in zip(rows.iter_rows(named=True), row_scores, strict=True):
         order = metrics.top_k_order(scores, top_k)
+        items = [Item(t, p) for t, p in zip(r["tgt_text"], r["tgt_img_path"], strict=True)]
         embed_orders.append(order)
+        row_items.append(items)
         queries.append(Item(r["qry_text"], r["qry_img_path"]))
-        lists.append([Item(r["tgt_text"][j], r["tgt_img_path"][j]) for j in order])
-    unparsable = 0
+        lists.append([items[j] for j in order])
+    n_unparsable = 0
     final: list[list[int]] = []
+    hits: list[bool] = []
     if mode == "listwise":
         texts = rerank_listwise(reranker.model, reranker.processor, queries, lists, images, batch_size=batch_size,
                                 max_new_tokens=max_new_tokens)  # fmt: skip
-        for order, text in zip(embed_orders, texts, strict=True):
+        for order, text, items in zip(embed_orders, texts, row_items, strict=True):
             chosen = metrics.parse_listwise_answer(text, len(order))
-            unparsable += chosen is None
+            n_unparsable += chosen is None
             final.append(metrics.rerank_order(order, chosen))  # None keeps the embedder's order
+            miss = chosen is None and unparsable == "miss"
+            hits.append(not miss and _is_hit(final[-1], items, hit))
     else:
         probs = rerank_pairwise(
             reranker.model, reranker.processor, queries, lists, images, batch_size=batch_size
         )
         final = [metrics.pairwise_order(order, p) for order, p in zip(embed_orders, probs, strict=True)]
-    hits = sum(int(o[0] == 0) for o in final)
-    return RerankOutcome(hits / max(len(final), 1), unparsable, len(final), mode, final)
+        hits = [_is_hit(o, items, hit) for o, items in zip(final, row_items, strict=True)]
+    return RerankOutcome(sum(hits) / max(len(final), 1), n_unparsable, len(final), mode, final, hits)
 
 
 def rerank_cache_key(reranker: ModelHandle, embedder: ModelHandle, subset_fp: str, *, image_size: int | None,
@@ -216,7 +242,7 @@ def load_rerank(cache_dir: str | Path, key: str) -> RerankOutcome | None:
         return None
     f.touch()  # its mtime is its last use (garbage collection: unime_assets.maintenance)
     d = json.loads(f.read_text())
-    return RerankOutcome(d["precision_at_1"], d["unparsable"], d["n_rows"], d["mode"], d["orders"])
+    return RerankOutcome(d["precision_at_1"], d["unparsable"], d["n_rows"], d["mode"], d["orders"], d.get("hits", []))
 
 
 def save_rerank(cache_dir: str | Path, key: str, outcome: RerankOutcome) -> None:
@@ -224,7 +250,8 @@ def save_rerank(cache_dir: str | Path, key: str, outcome: RerankOutcome) -> None
 
     with atomic_path(Path(cache_dir) / f"{key}.json") as tmp:
         tmp.write_text(json.dumps({"precision_at_1": outcome.precision_at_1, "unparsable": outcome.unparsable,
-                                   "n_rows": outcome.n_rows, "mode": outcome.mode, "orders": outcome.orders}))  # fmt: skip
+                                   "n_rows": outcome.n_rows, "mode": outcome.mode, "orders": outcome.orders,
+                                   "hits": outcome.hits}))  # fmt: skip
 
 
 # Zero-shot retrieval prompts of the official eval (paper.md §8): an instruction on the image side,

@@ -82,7 +82,10 @@ class ImageLoader:
         return img
 
 
-def embed_inputs(items: Sequence[Item], processor, images: Callable[[str], Image.Image], image_token: str):
+def embed_inputs(items: Sequence[Item], processor, images: Callable[[str], Image.Image], image_token: str,
+                 max_length: int | None = None):  # fmt: skip
+    """Processor inputs of a batch; `max_length` truncates each sequence on the right (the official
+    embedder's --max_len), after the image tokens are expanded."""
     for it in items:  # the processor pairs each image slot with an image; its error names neither
         if it.image and it.text.strip() and it.text.count(MMEB_IMAGE_PLACEHOLDER) != 1:
             raise ItemError(f"item with image {it.image!r} has {it.text.count(MMEB_IMAGE_PLACEHOLDER)} "
@@ -90,7 +93,8 @@ def embed_inputs(items: Sequence[Item], processor, images: Callable[[str], Image
                             image=it.image, text=it.text)  # fmt: skip
     texts = [model_text(it.text, bool(it.image), image_token) for it in items]
     imgs = [images(it.image) for it in items if it.image]
-    return processor(text=texts, images=imgs or None, return_tensors="pt", padding=True)
+    trunc = {"truncation": True, "max_length": max_length} if max_length else {}
+    return processor(text=texts, images=imgs or None, return_tensors="pt", padding=True, **trunc)
 
 
 def forward_embeddings(model, inputs, normalize: bool = True) -> torch.Tensor:

@@ -17,6 +17,12 @@ LISTWISE_PROMPT = (
     "Each candidate is independent of the others. Evaluate each candidate against the query, and respond with "
     "the number corresponding to the candidate that best meets the requirements of the query."
 )
+# The official reranker training script's pairwise prompt (Rerank/dataset/datasets_MMEB_rerank.py),
+# word for word: it differs from the judge's / evaluation's PAIRWISE_PROMPT only by the typo "responed".
+TRAIN_PAIRWISE_PROMPT = (
+    "I will provide you with a query and a candidate. Please evaluate whether the candidate meets the "
+    "requirements of the query. If it does, respond with 'Yes'; if it doesn't, responed with 'No'."
+)
 N_LISTWISE = 6  # positive + 5 hard negatives, as in the official code
 RERANK_MODES = ("listwise", "pairwise")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -9,20 +10,42 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from unime_assets.config import RERANK_MAX_PIXELS
 from unime_assets.judging.plain import score_pairs
 from unime_assets.models.encoding import Item
 from unime_assets.quiet import bar_disabled
 from unime_assets.reranking.prompts import images_of, listwise_messages
 
-# The official reranker caps images at 300*28*28 pixels (it notes that more runs out of memory listwise).
-RERANK_MAX_PIXELS = 300 * 28 * 28
+# Qwen2.5-VL's patch grid: sides are multiples of 28 (14-pixel patches merged 2x2).
+PATCH_FACTOR = 28
+MIN_PIXELS = 4 * 28 * 28  # the official reranker's lower bound
+
+
+def smart_resize(height: int, width: int, max_pixels: int, min_pixels: int = MIN_PIXELS,
+                 factor: int = PATCH_FACTOR) -> tuple[int, int]:  # fmt: skip
+    """(height, width) the official reranker resizes an image to (Rerank/collators/qwen2_5_vision_process.py
+    `smart_resize`): sides rounded to multiples of `factor`; above max_pixels both sides are scaled by
+    sqrt(area / max_pixels) and floored, below min_pixels scaled up and ceiled; aspect kept."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"image aspect ratio {max(height, width) / min(height, width):.0f} is above 200")
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return max(factor, h), max(factor, w)
 
 
 class MaxPixels:
-    """Wraps an image loader: images above `max_pixels` are shrunk, keeping their aspect ratio.
+    """Wraps an image loader: every image is resized (BICUBIC) to the official reranker's size for
+    it, at most `max_pixels` (default 300*28*28), aspect ratio kept, sides multiples of 28; the
+    processor then leaves it as it is. `max_pixels=None` passes images through unchanged.
 
     The reranker sees the query and up to ten candidate images in one prompt; at the embedder's
-    1344x1344 eval size that is ~25K visual tokens, so it gets the official reranker's budget instead.
+    1344x1344 eval size that is ~25K visual tokens, hence the official budget (1344x1344 -> 476x476).
     """
 
     def __init__(self, images: Callable[[str], Image.Image], max_pixels: int | None = RERANK_MAX_PIXELS):
@@ -30,10 +53,12 @@ class MaxPixels:
 
     def __call__(self, rel: str) -> Image.Image:
         img = self.images(rel)
+        if not self.max_pixels:
+            return img
         w, h = img.size
-        if self.max_pixels and w * h > self.max_pixels:
-            scale = (self.max_pixels / (w * h)) ** 0.5
-            img = img.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.BICUBIC)
+        new_h, new_w = smart_resize(h, w, self.max_pixels)
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
         return img
 
 

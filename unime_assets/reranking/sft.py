@@ -1,9 +1,11 @@
 """Reranker SFT: the three training sequences per query and their label masks.
 
-Two defects of the official training code are fixed on purpose (paper digest §7.2, §12): the query
-and candidate texts are included in every prompt, and the positive's slot in the listwise example
-is drawn uniformly over all positions (the official draw never uses the last slot and puts the
-positive in the first two slots 64 % of the time).
+Defaults reproduce the official training code (Rerank/dataset/datasets_MMEB_rerank.py and
+Rerank/collators/MMEB_rerank.py): its pairwise prompt wording, its draw of the positive's listwise
+slot, its label mask. One defect is fixed on purpose (paper digest §7.2): the query and candidate
+texts are included in every prompt (the official code drops them by a key typo, 'txt' vs 'text').
+The options give the earlier behaviour: the judge's prompt wording, a uniform slot, a mask on the
+answer and its `<|im_end|>` only.
 """
 
 from __future__ import annotations
@@ -15,12 +17,21 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from unime_assets.judging.prompt import pairwise_messages
+from unime_assets.judging.prompt import PAIRWISE_PROMPT, pairwise_messages
 from unime_assets.models.encoding import Item
-from unime_assets.reranking.prompts import N_LISTWISE, images_of, listwise_answer, listwise_messages
+from unime_assets.reranking.prompts import (
+    N_LISTWISE,
+    TRAIN_PAIRWISE_PROMPT,
+    images_of,
+    listwise_answer,
+    listwise_messages,
+)
 
 # Qwen chat markup around the assistant turn; the tokens are looked up, never hard-coded.
 _IM_START, _IM_END, _ASSISTANT_HEADER = "<|im_start|>", "<|im_end|>", "assistant\n"
+LABEL_MASKS = ("official", "answer_eos")
+SLOT_DRAWS = ("official", "uniform")
+PAIRWISE_PROMPTS = {"official": TRAIN_PAIRWISE_PROMPT, "judge": PAIRWISE_PROMPT}
 
 
 @dataclass
@@ -33,15 +44,32 @@ class SFTExample:
 
 
 
+def listwise_slot(rng: random.Random, n_negatives: int, draw: str = "official") -> int:
+    """0-based slot of the positive among `n_negatives` hard negatives.
+
+    official: n = randint(1, 4), slot = randint(1, n + 1) - 1, as the official training code draws
+    it (P = .32/.32/.20/.11/.05/0 over six slots: never the last); clamped to the slots there are
+    when fewer than five negatives exist. uniform: any of the n_negatives + 1 slots equally often.
+    """
+    if draw == "official":
+        n = rng.randint(1, 4)
+        return min(rng.randint(1, n + 1) - 1, n_negatives)
+    if draw == "uniform":
+        return rng.randrange(n_negatives + 1)
+    raise ValueError(f"listwise slot draw {draw!r}; expected one of {SLOT_DRAWS}")
+
+
 def reranker_examples(
     query: Item, positive: Item, negatives: Sequence[Item], rng: random.Random, *,
-    list_sizes: tuple[int, int] | None = None, n_listwise: int = 1,
+    slot_draw: str = "official", pairwise_prompt: str = "official", list_sizes: tuple[int, int] | None = None,
+    n_listwise: int = 1,
 ) -> list[SFTExample]:  # fmt: skip
-    """The training sequences of one query (paper §7.2, with the fixes above).
+    """The training sequences of one query (paper §7.2).
 
-    pair_pos: (query, positive) -> "Yes"; pair_neg: (query, first hard negative) -> "No";
-    list: the positive among the first five hard negatives (fewer when fewer exist), at a slot drawn
-    uniformly over all len(hard) + 1 positions; the negatives keep their stored order.
+    pair_pos: (query, positive) -> "Yes"; pair_neg: (query, first hard negative) -> "No", both with
+    the `pairwise_prompt` wording (PAIRWISE_PROMPTS); list: the positive among the first five hard
+    negatives (fewer when fewer exist) at a slot drawn by `listwise_slot`; the negatives keep their
+    stored order.
 
     `list_sizes` = (lo, hi): each listwise example holds instead a list whose length is drawn in lo..hi
     (capped by the distinct negatives + 1; the mined list's cyclic repeats dropped), so that every
@@ -53,10 +81,13 @@ def reranker_examples(
         raise ValueError("reranker_examples needs at least one hard negative")
     if n_listwise < 1:
         raise ValueError(f"n_listwise must be >= 1, got {n_listwise}")
+    if pairwise_prompt not in PAIRWISE_PROMPTS:
+        raise ValueError(f"pairwise prompt {pairwise_prompt!r}; expected one of {sorted(PAIRWISE_PROMPTS)}")
+    prompt = PAIRWISE_PROMPTS[pairwise_prompt]
     out = [
-        SFTExample(pairwise_messages(query, positive), "Yes", images_of([query, positive]), "pair_pos"),
+        SFTExample(pairwise_messages(query, positive, prompt), "Yes", images_of([query, positive]), "pair_pos"),
         SFTExample(
-            pairwise_messages(query, negatives[0]), "No", images_of([query, negatives[0]]), "pair_neg"
+            pairwise_messages(query, negatives[0], prompt), "No", images_of([query, negatives[0]]), "pair_neg"
         ),
     ]
     distinct = list(dict.fromkeys(n for n in negatives if n != positive)) or list(negatives[:1])
@@ -67,7 +98,7 @@ def reranker_examples(
             lo, hi = list_sizes
             size = rng.randint(min(lo, len(distinct) + 1), min(hi, len(distinct) + 1))
             hard = distinct[: size - 1]
-        slot = rng.randrange(len(hard) + 1)  # uniform over every slot, including the last
+        slot = listwise_slot(rng, len(hard), slot_draw)
         cands = hard[:slot] + [positive] + hard[slot:]
         out.append(
             SFTExample(
@@ -84,32 +115,47 @@ def sft_text(processor, example: SFTExample) -> str:
 
 
 def _assistant_span(
-    ids: torch.Tensor, mask: torch.Tensor, im_start: int, im_end: int, header: list[int]
+    ids: torch.Tensor, mask: torch.Tensor, im_start: int, im_end: int, header: list[int], label_mask: str
 ) -> tuple[int, int]:
-    """[begin, end) of the supervised tokens of one row: the answer plus its `<|im_end|>`."""
+    """[begin, end) of the supervised tokens of one row.
+
+    official: from the assistant turn's `<|im_start|>` to the last real token, i.e.
+    "<|im_start|>assistant\\n" + answer + "<|im_end|>" + "\\n" (the official collator masks the
+    system turn and the user turn, from its `<|im_start|>` up to the next one, and padding).
+    answer_eos: the answer and its `<|im_end|>` only.
+    """
     real = mask.nonzero().flatten()
     lo, hi = int(real[0]), int(real[-1]) + 1  # padding may sit on either side
     row = ids[lo:hi]
     starts = (row == im_start).nonzero().flatten()
     if not len(starts):
         raise ValueError("sft_batch: no <|im_start|> in a sequence (was it truncated?)")
-    begin = int(starts[-1]) + 1 + len(header)
-    if row[int(starts[-1]) + 1 : begin].tolist() != header:
+    turn = int(starts[-1])
+    begin = turn + 1 + len(header)
+    if row[turn + 1 : begin].tolist() != header:
         raise ValueError("sft_batch: the last turn is not the assistant's; the chat template is not Qwen's")
     ends = (row[begin:] == im_end).nonzero().flatten()
     if not len(ends):
         raise ValueError("sft_batch: the assistant answer has no <|im_end|> (was it truncated?)")
-    return lo + begin, lo + begin + int(ends[0]) + 1
+    if label_mask == "official":
+        return lo + turn, hi
+    if label_mask == "answer_eos":
+        return lo + begin, lo + begin + int(ends[0]) + 1
+    raise ValueError(f"label mask {label_mask!r}; expected one of {LABEL_MASKS}")
 
 
-def sft_batch(processor, examples: Sequence[SFTExample], images: Callable[[str], Image.Image]):
-    """Tokenised batch whose labels are -100 everywhere except the assistant answer and its `<|im_end|>`.
+def sft_batch(processor, examples: Sequence[SFTExample], images: Callable[[str], Image.Image],
+              label_mask: str = "official"):  # fmt: skip
+    """Tokenised batch whose labels are -100 everywhere except the supervised span (`_assistant_span`).
 
-    Supervised: the answer tokens ("Yes", "No", "Ans: (3)") and the end-of-turn token, so the model
-    learns to stop. Not supervised: the system and user turns, the image tokens, the
-    "<|im_start|>assistant\\n" header (it is the generation prompt at inference), the newline the
-    template writes after `<|im_end|>` (never generated) and padding. Works for left or right padding.
+    Never supervised: the system and user turns, the image tokens and padding. `official` also
+    supervises the "<|im_start|>assistant\\n" header and the newline the template writes after
+    `<|im_end|>` (neither is generated at inference: the header is the generation prompt);
+    `answer_eos` supervises only the answer and `<|im_end|>`, so the model learns to stop.
+    Works for left or right padding.
     """
+    if label_mask not in LABEL_MASKS:
+        raise ValueError(f"label mask {label_mask!r}; expected one of {LABEL_MASKS}")
     texts = [sft_text(processor, ex) for ex in examples]
     imgs = [images(p) for ex in examples for p in ex.images]
     batch = processor(text=texts, images=imgs or None, return_tensors="pt", padding=True)
@@ -119,8 +165,7 @@ def sft_batch(processor, examples: Sequence[SFTExample], images: Callable[[str],
     ids, mask = batch["input_ids"], batch["attention_mask"]
     labels = torch.full_like(ids, -100)
     for r in range(ids.shape[0]):
-        begin, end = _assistant_span(ids[r], mask[r], im_start, im_end, header)
+        begin, end = _assistant_span(ids[r], mask[r], im_start, im_end, header, label_mask)
         labels[r, begin:end] = ids[r, begin:end]
     batch["labels"] = labels
     return batch
-

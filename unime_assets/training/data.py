@@ -87,15 +87,18 @@ def embedder_examples(training_set: pl.DataFrame, k: int) -> list[EmbedderExampl
     return out
 
 
-def reranker_sft_examples(training_set: pl.DataFrame, seed: int = 0, *, list_sizes: tuple[int, int] | None = None,
+def reranker_sft_examples(training_set: pl.DataFrame, seed: int = 0, *, slot_draw: str = "official",
+                          pairwise_prompt: str = "official", list_sizes: tuple[int, int] | None = None,
                           listwise_per_query: int = 1) -> list[SFTExample]:  # fmt: skip
-    """Per query, in query order: its pairwise Yes, pairwise No and `listwise_per_query` listwise examples."""
+    """Per query, in query order: its pairwise Yes, pairwise No and `listwise_per_query` listwise examples
+    (reranking.reranker_examples), the slot draws seeded."""
     rng = random.Random(seed)
     out: list[SFTExample] = []
     for q, pos, negs in zip(
         _queries(training_set), _positives(training_set), _negatives(training_set), strict=True
     ):
-        out += reranker_examples(q, pos, negs, rng, list_sizes=list_sizes, n_listwise=listwise_per_query)
+        out += reranker_examples(q, pos, negs, rng, slot_draw=slot_draw, pairwise_prompt=pairwise_prompt,
+                                 list_sizes=list_sizes, n_listwise=listwise_per_query)
     return out
 
 

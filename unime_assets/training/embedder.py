@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from unime_assets.config import LoraConfig
-from unime_assets.losses import info_nce_loss, judge_alignment_loss
-from unime_assets.models.encoding import Item, embed_inputs, forward_embeddings
+from unime_assets.losses import OFFICIAL_LOG_EPS, info_nce_loss, judge_alignment_loss
+from unime_assets.models.encoding import ImageLoader, Item, embed_inputs, forward_embeddings
 from unime_assets.training.engine import EngineConfig, all_reduce_mean, gather_with_grad, world_size
 from unime_assets.training.gradcache import backward_count, full_batch_step, gradcache_step
 from unime_assets.training.loop import CheckpointPolicy, StepLogger, TrainResult, prepare, train_and_export
@@ -35,12 +35,14 @@ def embedder_loss(
     temperature: float,
     *,
     pos_keys: torch.Tensor | None = None,
+    eps: float = OFFICIAL_LOG_EPS,
 ) -> torch.Tensor:
-    """q (B, D), c (B, C, D) normalised, positive at c[:, 0]. `judge_kl` is the paper's loss; the
-    others are the Table 4 ablations. `pos_keys` (B,) identifies each positive: in-batch InfoNCE
-    does not count another query's identical positive (same class label) as a negative."""
+    """q (B, D), c (B, C, D) normalised, positive at c[:, 0]. `judge_kl` is the paper's loss (`eps`:
+    see losses.judge_alignment_loss); the others are the Table 4 ablations. `pos_keys` (B,)
+    identifies each positive: in-batch InfoNCE does not count another query's identical positive
+    (same class label) as a negative."""
     if mode == "judge_kl":
-        return judge_alignment_loss(torch.einsum("bd,bkd->bk", q, c), scores, temperature=temperature)
+        return judge_alignment_loss(torch.einsum("bd,bkd->bk", q, c), scores, temperature=temperature, eps=eps)
     if mode == "infonce_mined":  # hard negatives, hard labels
         return info_nce_loss(q, c, temperature)
     if mode == "infonce_inbatch":  # positives of the other queries only, no mined negatives
@@ -68,12 +70,17 @@ def train_embedder(
     log: StepLogger | None = None,
     gradcache_chunk: int = 0,
     checkpoint: CheckpointPolicy | None = None,
+    loss_eps: float = OFFICIAL_LOG_EPS,
+    image_size: int | None = None,
+    max_len: int | None = None,
 ) -> TrainResult:
     """`engine_cfg.micro_batch_size` is per rank (the global batch is that times the world size).
 
     Per query the loss sees [positive, k negatives]; under several ranks the representations and
     scores are gathered so the loss is the global batch's, times the world size (DeepSpeed averages
     gradients over ranks). `gradcache_chunk` > 0 encodes that many sequences at a time (GradCache).
+    `image_size` squashes every image to image_size x image_size first (the official
+    --image_resolution; None: native); `max_len` truncates each sequence to that many tokens.
     """
     if not examples:
         raise ValueError("train_embedder: no training examples")
@@ -85,7 +92,8 @@ def train_embedder(
     n_cands = 1 if mode == "infonce_inbatch" else len(examples[0].candidates)
     sizes = [engine_cfg.micro_batch_size, engine_cfg.micro_batch_size * n_cands]
     t = prepare(base_path, "embedder base", engine_cfg, image_root, seed=seed, lora=lora,
-                backwards_per_micro_batch=backward_count(sizes, gradcache_chunk))
+                backwards_per_micro_batch=backward_count(sizes, gradcache_chunk),
+                images=ImageLoader(image_root, resize=image_size))  # fmt: skip
     lm, device = t.lm, t.device
     scale = world_size() / engine_cfg.grad_accum
 
@@ -94,7 +102,8 @@ def train_embedder(
         groups = [[b.query for b in batch], [c for b in batch for c in b.candidates[:n_cands]]]
 
         def encode(g: int, start: int, stop: int) -> torch.Tensor:
-            inputs = embed_inputs(groups[g][start:stop], lm.processor, t.images, lm.image_token).to(device)
+            inputs = embed_inputs(groups[g][start:stop], lm.processor, t.images, lm.image_token,
+                                  max_length=max_len).to(device)  # fmt: skip
             return forward_embeddings(t.engine, inputs)
 
         scores = torch.tensor([b.scores[:n_cands] for b in batch], dtype=torch.float32, device=device)
@@ -104,7 +113,7 @@ def train_embedder(
             q, c = gather_with_grad(reps[0]), gather_with_grad(reps[1])
             c = c.view(q.shape[0], n_cands, q.shape[-1])
             return embedder_loss(q, c, gather_with_grad(scores), mode, temperature,
-                                 pos_keys=gather_with_grad(keys))  # fmt: skip
+                                 pos_keys=gather_with_grad(keys), eps=loss_eps)  # fmt: skip
 
         if gradcache_chunk > 0:
             loss, (q, c) = gradcache_step(encode, sizes, gradcache_chunk, loss_fn, t.backward, scale)
@@ -114,7 +123,7 @@ def train_embedder(
         return float(loss), {"pos_sim": all_reduce_mean(pos_sim)}
 
     identity = {"task": "embedder", "base": str(base_path), "mode": mode, "temperature": temperature,
-                "gradcache": gradcache_chunk}  # fmt: skip
+                "gradcache": gradcache_chunk, "loss_eps": loss_eps, "image_size": image_size, "max_len": max_len}  # fmt: skip
     return train_and_export(t, engine_cfg, len(examples), micro_step, out_dir, desc="embedder", seed=seed,
                             log=log, lora=lora, checkpoint=checkpoint, identity=identity)
 

@@ -93,6 +93,9 @@ def all_reduce_mean(value: float) -> float:
     return float(t.item()) / world_size()
 
 
+LR_SCHEDULES = ("linear", "cosine")
+
+
 @dataclass
 class EngineConfig:
     micro_batch_size: int
@@ -104,21 +107,25 @@ class EngineConfig:
     grad_clip: float = 1.0
     weight_decay: float = 0.0
     bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU (fp16 is not supported on CPU)
+    lr_schedule: str = "linear"  # HF get_scheduler name: "linear" or "cosine", linear warmup from 0
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.warmup_steps < 0:  # longer than total_steps is allowed, as in HF: lr never peaks
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 def deepspeed_config(cfg: EngineConfig, backwards_per_micro_batch: int = 1) -> dict:
     """DeepSpeed JSON config. With GradCache a micro-batch runs one backward per chunk; each of them
     is a DeepSpeed micro-step (backward + step), so DeepSpeed accumulates `grad_accum x chunks`
-    backwards before the optimizer update (its own accumulation path, valid for ZeRO 0-3)."""
+    backwards before the optimizer update (its own accumulation path, valid for ZeRO 0-3).
+    The LR schedule is not in here: `lr_scheduler` builds the HF one (see there)."""
     bf16 = torch.cuda.is_available() if cfg.bf16 is None else cfg.bf16
-    # DeepSpeed's WarmupDecayLR needs at least one warmup step.
-    warmup = max(1, min(cfg.warmup_steps, cfg.total_steps - 1))
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accum * backwards_per_micro_batch,
@@ -129,20 +136,23 @@ def deepspeed_config(cfg: EngineConfig, backwards_per_micro_batch: int = 1) -> d
             "type": "AdamW",
             "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "torch_adam": True},
         },
-        # Linear warmup then linear decay to 0, the schedule of the official shells.
-        "scheduler": {
-            "type": "WarmupDecayLR",
-            "params": {
-                "total_num_steps": max(cfg.total_steps, warmup + 1),
-                "warmup_num_steps": warmup,
-                "warmup_min_lr": 0.0,
-                "warmup_max_lr": cfg.lr,
-                "warmup_type": "linear",
-            },
-        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def lr_scheduler(cfg: EngineConfig):
+    """The official scripts' schedules, built by transformers exactly as their HF Trainer builds them:
+    optimizer step k (0-based) runs at lr x f(k), with f(k) = k / warmup during the warmup (so the
+    first step runs at lr 0, as in HF), then linear decay to 0 or a half cosine to 0 at total_steps.
+    Returned as a callable for deepspeed.initialize, which steps it at every optimizer step."""
+    from transformers import get_scheduler
+
+    def build(optimizer):
+        return get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                             num_training_steps=cfg.total_steps)  # fmt: skip
+
+    return build
 
 
 def initialize(model: torch.nn.Module, cfg: EngineConfig, backwards_per_micro_batch: int = 1):
@@ -151,7 +161,8 @@ def initialize(model: torch.nn.Module, cfg: EngineConfig, backwards_per_micro_ba
     ensure_distributed()
     params = [p for p in model.parameters() if p.requires_grad]
     config = deepspeed_config(cfg, backwards_per_micro_batch)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config,
+                                           lr_scheduler=lr_scheduler(cfg))  # fmt: skip
     return engine
 
 

@@ -47,10 +47,12 @@ class TrainSpec:
     training_set: str  # parquet with the `training_set` asset's rows
     image_root: str
     out_dir: str
-    steps: int
+    steps: int  # resolved optimizer steps (TrainSettings.total_steps)
     batch_size: int  # global: queries per micro-step over all ranks
     lr: float
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # resolved (TrainSettings.total_warmup)
+    lr_schedule: str = "linear"
+    weight_decay: float = 0.0
     grad_accum: int = 1
     zero_stage: int = 2
     bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU
@@ -61,7 +63,15 @@ class TrainSpec:
     k_negatives: int = 8
     loss: str = "judge_kl"
     temperature: float = 0.02
+    loss_eps: float = 1e-8
+    image_size: int | None = None  # square training images (None: native)
+    max_len: int | None = None
     gradcache_chunk: int = 0  # 0: plain full-batch backward
+    # reranker
+    max_pixels: int | None = None  # None: native images
+    label_mask: str = "official"
+    pairwise_prompt: str = "official"
+    listwise_slot: str = "official"
     # reranker: listwise list lengths (None: the official fixed 6) and listwise examples per query
     list_sizes: tuple[int, int] | None = None
     listwise_per_query: int = 1
@@ -103,19 +113,26 @@ class TrainSpec:
 
 
 def spec_from_settings(task: Literal["embedder", "reranker"], s, section, *, base: str | Path,
-                       training_set: str | Path, out_dir: str | Path, **fields: Any) -> TrainSpec:  # fmt: skip
+                       training_set: str | Path, out_dir: str | Path, n_queries: int, **fields: Any) -> TrainSpec:  # fmt: skip
     """The spec of a training as a settings profile (`s`, and its `embedder` or `reranker` `section`)
-    describes it; `fields` (reporting, trust, a checkpoint policy) override. The one place settings
-    become training fields: the training assets and the ablation's in-process runs both use it."""
+    describes it, for a training set of `n_queries` queries (an epoch-based length is counted on it);
+    `fields` (reporting, trust, a checkpoint policy) override. The one place settings become training
+    fields: the training assets and the ablation's in-process runs both use it."""
     own: dict[str, Any] = (
         {"k_negatives": section.k_negatives, "loss": section.loss, "temperature": section.temperature,
-         "gradcache_chunk": section.gradcache_chunk} if task == "embedder"
-        else {"list_sizes": section.list_sizes, "listwise_per_query": section.listwise_per_query}
+         "gradcache_chunk": section.gradcache_chunk, "loss_eps": section.loss_eps,
+         "image_size": section.image_size, "max_len": section.max_len} if task == "embedder"
+        else {"list_sizes": section.list_sizes, "listwise_per_query": section.listwise_per_query,
+              "max_pixels": section.max_pixels, "label_mask": section.label_mask,
+              "pairwise_prompt": section.pairwise_prompt, "listwise_slot": section.listwise_slot}
     )  # fmt: skip
+    steps = section.total_steps(n_queries)  # `steps`, or `epochs` over the training set (HF's count)
     values = dict(
         task=task, base_path=str(base), training_set=str(training_set), image_root=str(s.train_image_root),
-        out_dir=str(out_dir), steps=section.steps, batch_size=section.batch_size, lr=section.lr,
-        warmup_steps=section.warmup_steps, grad_accum=section.grad_accum, zero_stage=section.zero_stage,
+        out_dir=str(out_dir), steps=steps, batch_size=section.batch_size, lr=section.lr,
+        warmup_steps=section.total_warmup(steps), lr_schedule=section.lr_schedule,
+        weight_decay=section.weight_decay, grad_clip=section.grad_clip,
+        grad_accum=section.grad_accum, zero_stage=section.zero_stage,
         bf16=section.bf16, seed=section.seed, lora=section.lora.model_dump(), checkpoint_every=section.checkpoint_every,
         keep_checkpoints=section.keep_checkpoints, log_every=section.log_every, torch_threads=s.torch_threads,
     )  # fmt: skip
@@ -245,13 +262,14 @@ def run_spec(spec: TrainSpec, pipes=None):
     ts = pl.read_parquet(spec.training_set)
     cfg = EngineConfig(micro_batch_size=spec.batch_size * per_query // world, total_steps=spec.steps,
                        lr=spec.lr, warmup_steps=spec.warmup_steps, grad_accum=spec.grad_accum,
-                       zero_stage=spec.zero_stage, grad_clip=spec.grad_clip, bf16=spec.bf16)  # fmt: skip
+                       zero_stage=spec.zero_stage, grad_clip=spec.grad_clip, bf16=spec.bf16,
+                       lr_schedule=spec.lr_schedule, weight_decay=spec.weight_decay)  # fmt: skip
     policy = CheckpointPolicy(every=spec.checkpoint_every, keep=spec.keep_checkpoints,
                               fingerprint=data_hash(ts))  # fmt: skip
     lora = LoraConfig(**spec.lora)
     log = _step_logger(spec, pipes)
     pipes.log.info(f"{spec.task}: {ts.height} queries, {world} process(es), global batch {spec.batch_size}, "
-                   f"ZeRO-{spec.zero_stage}, {spec.steps} steps")  # fmt: skip
+                   f"ZeRO-{spec.zero_stage}, {spec.steps} steps ({spec.lr_schedule}, {spec.warmup_steps} warmup)")  # fmt: skip
     try:
         return _train(spec, ts, cfg, lora, log, policy)
     except ItemError as e:  # name the training_set rows that hold the item
@@ -275,12 +293,15 @@ def _train(spec: TrainSpec, ts, cfg, lora, log, policy):
         examples = embedder_examples(ts, spec.k_negatives)
         return train_embedder(spec.base_path, examples, spec.image_root, spec.out_dir, cfg, mode=spec.loss,
                               temperature=spec.temperature, lora=lora, seed=spec.seed, log=log,
-                              gradcache_chunk=spec.gradcache_chunk, checkpoint=policy)  # fmt: skip
+                              gradcache_chunk=spec.gradcache_chunk, checkpoint=policy, loss_eps=spec.loss_eps,
+                              image_size=spec.image_size, max_len=spec.max_len)  # fmt: skip
     if spec.task == "reranker":
-        examples = reranker_sft_examples(ts, seed=spec.seed, list_sizes=spec.list_sizes,
+        examples = reranker_sft_examples(ts, seed=spec.seed, slot_draw=spec.listwise_slot,
+                                         pairwise_prompt=spec.pairwise_prompt, list_sizes=spec.list_sizes,
                                          listwise_per_query=spec.listwise_per_query)  # fmt: skip
         return train_sft(spec.base_path, examples, spec.image_root, spec.out_dir, cfg, role="reranker",
-                         lora=lora, seed=spec.seed, log=log, checkpoint=policy)  # fmt: skip
+                         lora=lora, seed=spec.seed, log=log, checkpoint=policy, label_mask=spec.label_mask,
+                         max_pixels=spec.max_pixels)  # fmt: skip
     raise ValueError(f"unknown training task {spec.task!r}")
 
 

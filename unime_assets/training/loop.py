@@ -83,7 +83,8 @@ def maybe_lora(model, lora: LoraConfig):
 
     cfg = PeftLoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_dora=lora.use_dora,
-        target_modules=list(lora.target_modules), init_lora_weights="gaussian",
+        target_modules=list(lora.target_modules), exclude_modules=lora.exclude_modules,
+        init_lora_weights="gaussian",
     )  # fmt: skip
     return get_peft_model(model, cfg)
 
@@ -216,6 +217,7 @@ def run_steps(
     bar = tqdm(range(start, cfg.total_steps), desc=desc, leave=False, disable=bar_disabled(me == 0))
     for step in bar:
         torch.manual_seed(_step_seed(seed, step))
+        lr = float(engine.get_lr()[0])  # the rate this step's update uses (read before the scheduler steps)
         step_loss, metrics = 0.0, {}
         for _ in range(cfg.grad_accum):
             ids = next(batches)[me * per_rank : (me + 1) * per_rank]
@@ -226,7 +228,6 @@ def run_steps(
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"{desc}: loss became {step_loss} at step {step}")
         bar.set_postfix(loss=f"{step_loss:.4f}")
-        lr = float(engine.get_lr()[0])
         metrics = {"loss": step_loss, "lr": lr, "grad_norm": _grad_norm(engine), **metrics}
         for k, v in metrics.items():
             history.setdefault(k, []).append(v)
@@ -282,21 +283,23 @@ class Trainee:
 
     lm: Any  # models.loading.LoadedModel (processor, image_token)
     engine: Any
-    images: ImageLoader
+    images: Callable[[str], Any]
     backward: Callable[[torch.Tensor], None]
     device: torch.device
 
 
 def prepare(base_path: str | Path, role: str, engine_cfg: EngineConfig, image_root: str | Path, *,
-            seed: int, lora: LoraConfig | None = None, backwards_per_micro_batch: int = 1) -> Trainee:  # fmt: skip
-    """Load the base on this rank's device in float32, seed, wrap in LoRA (when enabled) and DeepSpeed."""
+            seed: int, lora: LoraConfig | None = None, backwards_per_micro_batch: int = 1,
+            images: Callable[[str], Any] | None = None) -> Trainee:  # fmt: skip
+    """Load the base on this rank's device in float32, seed, wrap in LoRA (when enabled) and DeepSpeed.
+    `images` loads a relative image path (default: native resolution under image_root)."""
     device = local_device()
     lm = load_model(base_path, role=role, dtype=torch.float32, train=True, device=device)
     torch.manual_seed(seed)  # after loading: LoRA's init draws from here, whatever loading consumed
     model = maybe_lora(lm.model, lora or LoraConfig(enabled=False))
     check_rank_balance(model, engine_cfg)
     engine = initialize(model, engine_cfg, backwards_per_micro_batch)
-    return Trainee(lm, engine, ImageLoader(image_root), make_backward(engine), device)
+    return Trainee(lm, engine, images or ImageLoader(image_root), make_backward(engine), device)
 
 
 def train_and_export(trainee: Trainee, engine_cfg: EngineConfig, n_items: int, micro_step: MicroStep,

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unime_assets.config import LoraConfig
-from unime_assets.reranking.sft import SFTExample, sft_batch
+from unime_assets.models.encoding import ImageLoader
+from unime_assets.reranking import MaxPixels, SFTExample, sft_batch
 from unime_assets.training.engine import EngineConfig, all_reduce_mean
 from unime_assets.training.loop import CheckpointPolicy, StepLogger, TrainResult, prepare, train_and_export
 
@@ -23,20 +24,26 @@ def train_sft(
     seed: int = 0,
     log: StepLogger | None = None,
     checkpoint: CheckpointPolicy | None = None,
+    label_mask: str = "official",
+    max_pixels: int | None = None,
 ) -> TrainResult:
     """Chat SFT with the loss on assistant tokens only: the reranker, and the tiny judge's bootstrap.
 
+    `label_mask` chooses the supervised tokens (reranking.sft_batch); `max_pixels` caps every image
+    as the official reranker collator does (reranking.MaxPixels; None: native resolution).
     Under several ranks each rank's loss is its own micro-batch's token mean (DeepSpeed averages
     the gradients); the logged loss is the mean over ranks."""
     if not examples:
         raise ValueError(f"train_sft ({role}): no examples")
-    t = prepare(base_path, role, engine_cfg, image_root, seed=seed, lora=lora)
+    images = MaxPixels(ImageLoader(image_root), max_pixels) if max_pixels else None
+    t = prepare(base_path, role, engine_cfg, image_root, seed=seed, lora=lora, images=images)
 
     def micro_step(ids: list[int]) -> tuple[float, dict[str, float]]:
-        batch = sft_batch(t.lm.processor, [examples[i] for i in ids], t.images).to(t.device)
+        batch = sft_batch(t.lm.processor, [examples[i] for i in ids], t.images, label_mask).to(t.device)
         loss = t.engine(**batch, use_cache=False).loss
         t.backward(loss / engine_cfg.grad_accum)
         return all_reduce_mean(float(loss.detach())), {}
 
+    identity = {"task": role, "base": str(base_path), "label_mask": label_mask, "max_pixels": max_pixels}
     return train_and_export(t, engine_cfg, len(examples), micro_step, out_dir, desc=role, seed=seed, log=log,
-                            lora=lora, checkpoint=checkpoint, identity={"task": role, "base": str(base_path)})
+                            lora=lora, checkpoint=checkpoint, identity=identity)

@@ -92,6 +92,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         aggregate_rows,
         markdown_table,
         per_dataset_rows,
+        protocol_markdown,
         report_table,
         sources_markdown,
         zeroshot_markdown,
@@ -139,6 +140,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         "embedder": embedder_path,
     }
     per_model: dict[str, dict[str, float]] = {}
+    ties: dict[str, dict[str, tuple[int, int]]] = {}  # model -> subset -> (tied top, GT among them)
     totals = EncodeStats()
     embedder_rows = {}
     embedder = None
@@ -149,6 +151,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
             results = evaluate_model(handle, eval_df, s.eval_image_root, image_size=ev.image_size,
                                      batch_size=ev.batch_size, cache_dir=cache_dir, log=context.log.info)  # fmt: skip
         per_model[label] = {k: v.precision_at_1 for k, v in results.items()}
+        ties[label] = {k: (v.tied_top, v.gt_tied) for k, v in results.items()}
         for v in results.values():
             totals.add(EncodeStats(v.encoded, v.cached))
         if label == "embedder":
@@ -157,6 +160,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         else:
             handle.release()
     unparsable = 0
+    unparsable_per: dict[str, int] = {}
     if ev.rerank:
         # The reranker loads only if a subset's reranked result is not cached already.
         reranker = ModelHandle(s.asset_dir("reranker_checkpoint"), role="reranker")
@@ -168,17 +172,21 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
             for (name,), rows in eval_df.group_by("subset", maintain_order=True):
                 key = rerank_cache_key(reranker, embedder, subset_fingerprint(rows, ev.image_size, digests),
                                        image_size=ev.image_size, mode=m, top_k=ev.rerank_top_k,
-                                       max_pixels=max_pixels, max_new_tokens=max_new_tokens)  # fmt: skip
+                                       max_pixels=max_pixels, max_new_tokens=max_new_tokens,
+                                       unparsable=ev.rerank_unparsable, hit=ev.rerank_hit)  # fmt: skip
                 outcome = load_rerank(rerank_dir, key)
                 cached = outcome is not None
                 if outcome is None:
                     outcome = rerank_subset(reranker.lm, rows, embedder_rows[name], images, top_k=ev.rerank_top_k,
                                             batch_size=ev.rerank_batch_size, mode=m,
-                                            max_new_tokens=max_new_tokens)  # fmt: skip
+                                            max_new_tokens=max_new_tokens, unparsable=ev.rerank_unparsable,
+                                            hit=ev.rerank_hit)  # fmt: skip
                     save_rerank(rerank_dir, key, outcome)
                 reranked_cached += cached
                 per_model[label][name] = outcome.precision_at_1
                 unparsable += outcome.unparsable
+                if m == "listwise":
+                    unparsable_per[name] = outcome.unparsable
                 context.log.info(f"{name}: reranked ({m}) P@1 {outcome.precision_at_1:.3f}"
                                  + (f" ({outcome.unparsable} unparsable)" if m == "listwise" else "")
                                  + (" [cached]" if cached else ""))  # fmt: skip
@@ -193,12 +201,18 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     aggregate_table = aggregate_rows(per_model, info, published, n_configured=len(s.eval_subset_names))
     per_dataset_md, agg_md = markdown_table(*per_dataset), markdown_table(*aggregate_table)
     sources_md = sources_markdown(published)
+    n_rows = {n: rows.height for n, rows in mmeb_eval.items()}
+    protocol_md = protocol_markdown(evaluated, n_rows, ties, unparsable_per
+                                    if ev.rerank and "listwise" in (mode, *ev.rerank_also) else None, info)  # fmt: skip
     fingerprints = {n: subset_fingerprint(rows, ev.image_size, digests) for n, rows in mmeb_eval.items()}
     digests.save()
     with mlflow.run(context) as run:
         run.log_params({"embedder": embedder_path, "embedder_version": embedder_version or "",
                         "image_size": ev.image_size, "rerank": ev.rerank, "rerank_mode": mode,
-                        "rerank_top_k": ev.rerank_top_k, "subsets": ",".join(evaluated), "complete": complete,
+                        "rerank_top_k": ev.rerank_top_k, "rerank_unparsable": ev.rerank_unparsable,
+                        "rerank_hit": ev.rerank_hit, "rerank_max_new_tokens": max_new_tokens,
+                        "rerank_max_pixels": max_pixels, "tie_rule": "argmax: ties to the ground truth",
+                        "subsets": ",".join(evaluated), "complete": complete,
                         "zeroshot_sets": ",".join(zeroshot_roots),
                         **upstream_run_ids(context, ["embedder_checkpoint", "reranker_checkpoint", "mmeb_eval"])})  # fmt: skip
         for m, agg in aggregates.items():
@@ -206,6 +220,11 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
             run.log_metrics({f"{_slug(m)}.p_at_1.{n}": 100 * p for n, p in per_model[m].items()})
         run.log_metrics({"rerank_unparsable": unparsable, "encoded": totals.encoded, "cached": totals.cached,
                          "reranked_subsets_cached": reranked_cached})  # fmt: skip
+        run.log_metrics({f"rerank_unparsable.{n}": u for n, u in unparsable_per.items()})
+        for m, per in ties.items():
+            run.log_metrics({f"{_slug(m)}.tied_top.{n}": t for n, (t, _) in per.items()})
+            run.log_metrics({f"{_slug(m)}.gt_tied.{n}": g for n, (_, g) in per.items()})
+        run.log_text(protocol_md, "protocol.md")
         run.log_metrics({f"zeroshot.{st}.{k}": 100 * v for st, mt in zeroshot.items() for k, v in mt.items()})
         report_md = "\n\n".join(x for x in (per_dataset_md, agg_md, sources_md) if x)
         run.log_text(report_md, "report.md")
@@ -232,6 +251,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
         "per_dataset": rows_table(*per_dataset, PER_DATASET_COLUMNS), **per_ds,
         **({"published_sources": dg.MetadataValue.md(sources_md)} if sources_md else {}),
         "overall": dg.MetadataValue.json(overall),
+        "protocol": dg.MetadataValue.md(protocol_md),
         "rerank_mode": mode, "rerank_unparsable": unparsable, "rerank_rows": len(eval_df),
         "torch_threads": s.torch_threads, "encoded": totals.encoded, "cached": totals.cached,
         "reranked_subsets_cached": reranked_cached,

@@ -152,11 +152,22 @@ def mined_negatives_asset(judges: list[str]) -> dg.AssetsDefinition:
             hist = figure(run, plots.histograms({"kept": kept, "dropped (false negatives)": dropped},
                                                 f"{source} scores of candidates ({m.strategy})"), "kept_vs_dropped",
                           "kept_vs_dropped")  # fmt: skip
+            truth_meta = _rule_audit(s, run, mmeb_train, candidate_pool, candidate_index, judge_scores)
         return dg.Output(df, metadata=readable({**stats, "strategy": m.strategy, "judge": source, **hist,
                                                 "filter_rate_by_strategy": rates_table, **truth_meta,
                                                  **run_metadata(run)}))  # fmt: skip
 
     return mined_negatives
+
+
+RULE_AUDIT_COLUMNS = {
+    "rule": "mining rule (the first row is the configured one)",
+    "removed_per_query": "candidates its false-negative filter removes per query",
+    "filter_precision": "share of the removed candidates that are true false negatives (generator's truth)",
+    "filter_recall": "share of the true false negatives in the pool that the filter removes",
+    "negatives_false_negative_share": "share of the k training negatives that are true false negatives",
+    "negatives_hard_share": "share of the k training negatives that differ from the positive in one attribute",
+}
 
 
 def _rule_audit(s, run, train_part, pool, candidates, judge_scores) -> dict:
@@ -174,13 +185,16 @@ def _rule_audit(s, run, train_part, pool, candidates, judge_scores) -> dict:
                       n_pool=candidates.height)  # fmt: skip
     cols = ["rule", "removed_per_query", "filter_precision", "filter_recall", "negatives_false_negative_share",
             "negatives_hard_share"]  # fmt: skip
-    table = markdown_table(cols, [["–" if r[c] is None else r[c] for c in cols] for r in rows])
-    run.log_text(table, "false_negatives_by_rule.md")
+    from unime_assets.evaluation.report import markdown_table
+
+    cells = [["–" if r[c] is None else r[c] for c in cols] for r in rows]
+    run.log_text(markdown_table(cols, cells), "false_negatives_by_rule.md")
     mine = rows[0]  # the configured rule
     scalars = {f"truth.{k}": v for k, v in mine.items() if isinstance(v, float)}
     run.log_metrics(scalars)
     return {**{k: v for k, v in scalars.items() if v is not None},
-            "false_negatives_by_rule": dg.MetadataValue.md(table)}
+            "false_negatives_by_rule": table([[r[c] for c in cols] for r in rows], [(c, "string" if c == "rule" else "float", RULE_AUDIT_COLUMNS[c])
+                                                     for c in cols])}  # fmt: skip
 
 
 mined_negatives = mined_negatives_asset(JUDGES)

@@ -160,8 +160,9 @@ def _bootstrap_judge(context, run, s, spec, train: pl.DataFrame, out) -> dict:
                        warmup_steps=b.judge_steps // 10, zero_stage=s.reranker.zero_stage)  # fmt: skip
     run.log_params({"base": base, "bootstrap": True, "steps": b.judge_steps, "lr": b.judge_lr,
                     "batch_size": b.judge_batch_size, "examples": len(examples)})  # fmt: skip
+    # The stand-in judge keeps its own recipe (answer + <|im_end|> supervised, native images).
     result = train_sft(base, examples, s.train_image_root, out, cfg, role="judge",
-                       log=step_logger(context, run, b.judge_steps))  # fmt: skip
+                       log=step_logger(context, run, b.judge_steps), label_mask="answer_eos")  # fmt: skip
     curve = figure(run, plots.loss_curve(result.losses, f"judge SFT ({spec.name})"), "loss", "loss_curve")
     return {"final_loss": result.losses[-1], "train_seconds": round(result.seconds, 1), **curve}
 

@@ -143,9 +143,10 @@ def _train_out_of_process(
     asset = context.asset_key.to_user_string()
     launch_dir = s.artifacts_root / "launch" / asset
     data = launch_dir / "training_set.parquet"
-    spec = spec_from_settings(task, s, section, base=base, training_set=data, out_dir=out,
+    spec = spec_from_settings(task, s, section, base=base, training_set=data, out_dir=out, n_queries=training_set.height,
                               mlflow_tracking_uri=tracking_uri, mlflow_run_id=run.run_id,
                               trust_remote_code=remote_code_allowed(base))  # fmt: skip
+    run.log_params({"total_steps": spec.steps, "total_warmup_steps": spec.warmup_steps})
     spec.spec_key = _spec_key(spec, base, training_set)
     if finished_weights(out, spec.spec_key):
         context.log.warning(f"{out} holds a finished {task} training of this exact spec: reusing it")
@@ -212,8 +213,9 @@ def _train_and_register(context: dg.AssetExecutionContext, task: str, training_s
 EMBEDDER_DOC = ("UniME-V2 embedder: symmetric KL between softmax(cos/τ) and softmax(judge/τ) over the positive "
                 "and k mined negatives; last-token pooling; GradCache; torchrun/deepspeed launch through Dagster "
                 "Pipes, DeepSpeed ZeRO, resumable checkpoints; registered in MLflow.")  # fmt: skip
-RERANKER_DOC = ("UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT, loss on assistant tokens only, "
-                "query and candidate texts included, positive slot uniform; same launcher as the embedder.")  # fmt: skip
+RERANKER_DOC = ("UniME-V2-Reranker: pairwise Yes/No + listwise 'Ans: (i)' SFT with the official recipe (label mask, "
+                "prompt wording, slot draw, images <= 300*28*28 px, cosine LR, one epoch), query and candidate texts "
+                "included; same launcher as the embedder.")  # fmt: skip
 TRAINING_KINDS = {"pytorch", "deepspeed", "mlflow"}
 
 
@@ -229,7 +231,7 @@ def embedder_checkpoint(context: dg.AssetExecutionContext, training_set: pl.Data
     dim = text_config(base)["hidden_size"]
     return _train_and_register(
         context, "embedder", training_set, s, e, base, mlflow, model=EMBEDDER_MODEL, title=f"embedder ({e.loss})",
-        upstream=[], params={"gradcache_chunk": e.gradcache_chunk},
+        upstream=[], params={"gradcache_chunk": e.gradcache_chunk, "image_size": e.image_size},
         example=pd.DataFrame({"text": ["a caption\n"], "image": [""]}), output=np.zeros((1, dim), dtype=np.float32),
         extra_meta={},
     )  # fmt: skip
