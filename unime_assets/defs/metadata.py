@@ -53,6 +53,12 @@ COLUMNS: dict[str, str] = {
     "split": "IND (a train subset of the same task exists) or OOD",
     "model": "evaluated model: retriever, untrained base, embedder, embedder + reranker",
     "precision_at_1": "Precision@1 on the subset (fraction; ties with the ground truth count as hits)",
+    "variant": "ablation variant: the one factor changed from the base recipe (ablation/variants.py)",
+    "seed": "training seed of the ablation run",
+    "seeds": "number of seeds the variant ran with",
+    "mean": "overall P@1 (%), mean over the variant's seeds",
+    "std": "sample standard deviation of overall P@1 over seeds (null with one seed)",
+    "delta_vs_baseline": "mean difference of overall P@1 to the baseline variant, paired by seed (points)",
 }
 ASSET_COLUMNS: dict[str, dict[str, str]] = {
     "training_set": {"pos_score": "judge score of (query, positive) from judge_scores or the score file"},

@@ -13,6 +13,7 @@ import polars as pl
 from unime_assets.defs.assets._common import run_metadata
 from unime_assets.defs.assets.data import concat_partitions
 from unime_assets.defs.assets.judges import scores_input
+from unime_assets.defs.metadata import figure, readable, table
 from unime_assets.defs.partitions import JUDGES, ablation_partitions, judge_key
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
@@ -100,18 +101,18 @@ def ablation_run_asset(judges: list[str], partitions_def: dg.MultiPartitionsDefi
             run.log_metrics({**{f"p_at_1.{k}": v for k, v in agg.items()},
                              **{f"p_at_1.{n}": 100 * p for n, p in res.per_subset.items()},
                              "train_seconds": res.train_seconds, "cpu_seconds": res.cpu_seconds})  # fmt: skip
-            curve = run.log_figure(plots.loss_curve(res.losses, f"{variant} seed {seed}"), "loss")
+            curve = figure(run, plots.loss_curve(res.losses, f"{variant} seed {seed}"), "loss", "loss_curve")
         context.log.info(f"ablation {variant} seed {seed}: overall P@1 {agg['overall']:.2f}")
         info = s.eval_catalog
-        table = pl.DataFrame([{"variant": variant, "seed": seed, "subset": n, "meta_task": info[n].meta_task,
+        per_subset = pl.DataFrame([{"variant": variant, "seed": seed, "subset": n, "meta_task": info[n].meta_task,
                                "split": info[n].split, "precision_at_1": p} for n, p in res.per_subset.items()])  # fmt: skip
-        return dg.Output(table, metadata={
+        return dg.Output(per_subset, metadata=readable({
             "variant": variant, "seed": seed, **{k: v for k, v in agg.items() if v == v},
             "first_loss": res.losses[0], "final_loss": res.losses[-1], "queries": res.queries,
             "fallback_fraction": res.fallback_fraction, "train_seconds": round(res.train_seconds, 1),
-            "cpu_seconds": round(res.cpu_seconds, 1), "loss_curve": dg.MetadataValue.md(curve),
+            "cpu_seconds": round(res.cpu_seconds, 1), **curve,
             "mlflow_parent_run_id": parent, **run_metadata(run),
-        })  # fmt: skip
+        }))  # fmt: skip
 
     return ablation_run
 
@@ -138,9 +139,9 @@ def ablation_report(context: dg.AssetExecutionContext, ablation_run: dict[str, p
     s = settings.get()
     variants, names, baseline = ablation_variants(s), variant_names(s), s.ablation.baseline
     results: dict[str, dict[int, dict[str, float]]] = {}
-    for table in ablation_run.values():
-        variant, seed = table["variant"][0], int(table["seed"][0])
-        per = dict(zip(table["subset"], table["precision_at_1"], strict=True))
+    for run_table in ablation_run.values():
+        variant, seed = run_table["variant"][0], int(run_table["seed"][0])
+        per = dict(zip(run_table["subset"], run_table["precision_at_1"], strict=True))
         results.setdefault(variant, {})[seed] = {k: 100 * v for k, v in aggregate(per, s.eval_catalog).items()}
     ordered = {n: results[n] for n in names if n in results}
     if not ordered:
@@ -169,7 +170,7 @@ def ablation_report(context: dg.AssetExecutionContext, ablation_run: dict[str, p
         run.log_metrics({f"{r['variant']}.mean": r["mean"] for r in rows})
         run.log_text(report_md, "ablation.md")
         run.log_text(path.read_text(), "ablation.json")
-        chart = run.log_figure(ablation_plot(rows), "ablation")
+        chart = figure(run, ablation_plot(rows), "ablation", "chart")
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow.uri())  # the campaign's parent holds the result too
@@ -178,9 +179,23 @@ def ablation_report(context: dg.AssetExecutionContext, ablation_run: dict[str, p
     context.log.info(f"ablation report: {path}")
     summary = pl.DataFrame([{"variant": r["variant"], "seeds": len(r["seeds"]), "mean": r["mean"], "std": r["std"],
                              "delta_vs_baseline": (r["delta_vs_baseline"] or {}).get("mean")} for r in rows])  # fmt: skip
-    return dg.Output(summary, metadata={
-        **{f"table_{t}": dg.MetadataValue.md(md) for t, md in tables.items()}, "chart": dg.MetadataValue.md(chart),
+    def ci(r: dict, i: int) -> float | None:
+        d = r["delta_vs_baseline"]
+        return d["ci95"][i] if d and d["ci95"] else None
+
+    variants_table = table(
+        [(r["variant"], len(r["seeds"]), r["mean"], r["std"], (r["delta_vs_baseline"] or {}).get("mean"), ci(r, 0),
+          ci(r, 1)) for r in rows],
+        [("variant", "string", "what changes from the base recipe (one factor)"),
+         ("seeds", "int", "seeds run"), ("overall mean", "float", "overall P@1 (%), mean over seeds"),
+         ("std", "float", "sample standard deviation over seeds"),
+         ("vs baseline", "float", f"mean difference to {baseline}, paired by seed (points)"),
+         ("ci95 low", "float", "95 % t-interval of the paired difference"), ("ci95 high", "float", "")],
+        digits=2,
+    )  # fmt: skip
+    return dg.Output(summary, metadata=readable({
+        "variants": variants_table, **{f"table_{t}": dg.MetadataValue.md(md) for t, md in tables.items()}, **chart,
         "ablation_json": dg.MetadataValue.path(str(path)), "runs": len(done), "missing_runs": len(missing),
         "overall": dg.MetadataValue.json({r["variant"]: r["mean"] for r in rows}), "mlflow_parent_run_id": parent,
         **run_metadata(run),
-    })  # fmt: skip
+    }))  # fmt: skip

@@ -57,14 +57,16 @@ def pretrained_base(context: dg.AssetExecutionContext, settings: SettingsResourc
         run.log_params({"base": base, "corpus": b.pretrain_corpus, "steps": b.pretrain_steps, "lr": b.pretrain_lr,
                         "batch_size": b.pretrain_batch_size, "examples": len(examples)})  # fmt: skip
         out = s.embedder_base_path
+        # Generative pretraining is not a paper stage: answer + <|im_end|> supervised, like the judge bootstrap.
         result = train_sft(base, examples, Path(b.pretrain_corpus).parent, out, cfg, role="pretrain",
-                           log=step_logger(context, run))  # fmt: skip
-        curve = run.log_figure(plots.loss_curve(result.losses, "generative pretraining (describe + VQA)"), "loss")
-        return dg.MaterializeResult(metadata={
+                           log=step_logger(context, run, b.pretrain_steps), label_mask="answer_eos")  # fmt: skip
+        curve = figure(run, plots.loss_curve(result.losses, "generative pretraining (describe + VQA)"), "loss",
+                       "loss_curve")  # fmt: skip
+        return dg.MaterializeResult(metadata=readable({
             **_checkpoint_metadata(out), "pretrained_here": True, "examples": len(examples),
             "first_loss": result.losses[0], "final_loss": result.losses[-1], "train_seconds": round(result.seconds, 1),
-            "loss_curve": dg.MetadataValue.md(curve), **run_metadata(run),
-        })  # fmt: skip
+            **curve, **run_metadata(run),
+        }))  # fmt: skip
 
 
 @dg.asset(group_name="models", kinds={"pytorch", "deepspeed"}, deps=["pretrained_base"],
