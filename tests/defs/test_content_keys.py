@@ -70,7 +70,10 @@ def _meta(result, name):
 @pytest.mark.slow
 def test_replaced_train_image_is_judged_again(chain):
     root, resources = chain
-    with dg.DagsterInstance.ephemeral() as instance:
+    # An instance (and definitions-state storage) of its own inside this module's tmp dir: an ephemeral
+    # one leaves Dagster's context-wide state storage to whatever an earlier test left behind.
+    (root / "dg-train").mkdir(exist_ok=True)
+    with dg.instance_for_test(temp_dir=str(root / "dg-train")) as instance:
         _run(resources, instance, ["mmeb_train"], "SynColor")
         _run(resources, instance, ["candidate_index"])
         _run(resources, instance, ["candidate_pool"], "SynColor")
@@ -91,7 +94,8 @@ def test_replaced_train_image_is_judged_again(chain):
 @pytest.mark.slow
 def test_replaced_eval_image_is_encoded_again(chain):
     root, resources = chain
-    with dg.DagsterInstance.ephemeral() as instance:
+    (root / "dg-eval").mkdir(exist_ok=True)
+    with dg.instance_for_test(temp_dir=str(root / "dg-eval")) as instance:
         for p in ("SynColor", "SynHue"):
             _run(resources, instance, ["mmeb_eval"], p)
         _run(resources, instance, ["mmeb_report"])
