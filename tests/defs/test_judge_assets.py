@@ -215,5 +215,6 @@ def test_ablation_runs_train_from_each_judge_and_report_table5(env):
     assert "| ensemble | `judge:ensemble` | 1 |" in table5
     data = json.loads(Path(meta["ablation_json"].value).read_text())
     rows = {r["variant"]: r for r in data["rows"]}
-    assert rows["judge:internvl3"]["overall"] == [first["overall"], other_seed["overall"]]
+    # the run's metadata shows 4 significant digits; ablation.json keeps 4 decimals
+    assert rows["judge:internvl3"]["overall"] == pytest.approx([first["overall"], other_seed["overall"]], abs=0.01)
     assert ["unime_v2", 2] in data["missing"] and meta["runs"].value == 5

@@ -70,8 +70,11 @@ def test_report_cache_and_promotion(report_env):
         meta, checks = _materialize_report(root, uri, instance)
         table = pl.read_parquet(root / "tables" / "mmeb_report.parquet")
         assert table.columns == ["subset", "meta_task", "split", "model", "precision_at_1"]
-        assert set(table["subset"]) == set(EVAL) and table.height == 4 * len(EVAL)
-        assert {"embedder", "embedder + reranker (top-4 listwise)"} <= set(table["model"])
+        # retriever, untrained base, embedder, and both reranking modes (the test profile's rerank_also)
+        assert set(table["subset"]) == set(EVAL) and table.height == 5 * len(EVAL)
+        assert {"embedder", "embedder + reranker (top-4 listwise)", "embedder + reranker (top-4 pairwise)"} <= set(
+            table["model"]
+        )
         assert meta["complete"].value is True and meta["encoded"].value > 0
         assert checks["mmeb_report_well_formed"].passed
         # no champion yet: the evaluated version (alias `candidate`) becomes the champion
@@ -87,9 +90,8 @@ def test_report_cache_and_promotion(report_env):
         assert meta2["encoded"].value == 0
         assert meta2["cached"].value == meta["encoded"].value + meta["cached"].value
         assert meta2["overall"].value == meta["overall"].value
-        assert meta["reranked_subsets_cached"].value == 0 and meta2["reranked_subsets_cached"].value == len(
-            EVAL
-        )
+        # every (rerank mode, subset) reranked once, then read back from the cache
+        assert meta["reranked_subsets_cached"].value == 0 and meta2["reranked_subsets_cached"].value == 2 * len(EVAL)
         assert checks2["champion_comparison"].passed and not meta2["promotion"].value["promote"]
 
         # A run launched for a new version (the sensor's run tag) with the same weights, against a

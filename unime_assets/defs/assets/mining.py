@@ -187,7 +187,7 @@ def _rule_audit(s, run, train_part, pool, candidates, judge_scores) -> dict:
             "negatives_hard_share"]  # fmt: skip
     from unime_assets.evaluation.report import markdown_table
 
-    cells = [["–" if r[c] is None else r[c] for c in cols] for r in rows]
+    cells = [["–" if r[c] is None else str(r[c]) for c in cols] for r in rows]
     run.log_text(markdown_table(cols, cells), "false_negatives_by_rule.md")
     mine = rows[0]  # the configured rule
     scalars = {f"truth.{k}": v for k, v in mine.items() if isinstance(v, float)}
