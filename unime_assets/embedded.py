@@ -60,7 +60,7 @@ SIZES: dict[str, EmbeddedSize] = {
                           "judge_lr": 1e-3},
             "judging": {"batch_size": 64},
             # Small budgets (steps, batch, no accumulation), a larger lr and full fine-tuning of the tiny
-            # models; every other choice is the official recipe's (config.py defaults: eps loss, 672x672
+            # models; every other choice is the official recipe's (config/ defaults: eps loss, 672x672
             # training images, HF linear / cosine schedules, the reranker's mask, prompt and slot draw).
             # GradCache off: on a tiny CPU model it is 5-6x slower and memory is no issue.
             "embedder": {**DEMO_TRAIN, "gradcache_chunk": 0, "lora": {"enabled": False}},

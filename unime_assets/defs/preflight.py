@@ -1,6 +1,6 @@
 """The check every run passes before its first step: the settings profile can run at all.
 
-Ranges and cross-section rules are checked when the profile loads (config.py). Here, what needs the
+Ranges and cross-section rules are checked when the profile loads (config/). Here, what needs the
 file system: every data root and configured subset folder, every configured model checkpoint
 (config.json readable with a supported model type, each safetensors header read and its tensors
 within the file), the official score file and the zero-shot roots. All problems are reported at
