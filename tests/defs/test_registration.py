@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 
 import dagster as dg
 import polars as pl
@@ -43,6 +44,8 @@ def env(tmp_path, embedded_home, settings):
     raw["artifacts_root"] = str(tmp_path / "assets")
     raw["embedder"] = {**raw["embedder"], "steps": 3, "checkpoint_every": 0}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    # The embedder starts from `pretrained_base`: the tiny base stands in for it (no pretraining here).
+    shutil.copytree(raw["embedder_base"]["path"], tmp_path / "assets" / "pretrained_base")
     tables = tmp_path / "tables"
     tables.mkdir()
     _training_set(settings).write_parquet(tables / "training_set.parquet")

@@ -240,6 +240,8 @@ def test_embedder_asset_launches_logs_and_registers(tmp_path, settings, embedded
     overrides = (f"artifacts_root: {tmp_path / 'assets'}\n"
                  f"embedder: {{steps: 3, batch_size: 4, k_negatives: {K}}}")  # fmt: skip  # steps 0-1: lr 0
     settings_file = str(embedded_home / "settings.yaml")
+    # The embedder starts from `pretrained_base`: the tiny base stands in for it (no pretraining here).
+    shutil.copytree(settings.embedder_base.path, tmp_path / "assets" / "pretrained_base")
     resources = {
         "settings": SettingsResource(settings_file=settings_file, overrides_yaml=overrides),
         "mlflow": MlflowResource(tracking_uri=uri, artifact_root=str(tmp_path / "mlartifacts")),
