@@ -1,10 +1,12 @@
-"""`unime-assets ablate` on the session's reduced graph: (variant, seed) runs as Dagster runs in worker
-processes, each an MLflow child run under the campaign's parent, then `ablation_report` and its
-`ablation.json`; the command's last line names that file."""
+"""`unime-assets ablate` on a copy of the session's reduced graph: (variant, seed) runs as Dagster runs in
+worker processes, each an MLflow child run under the campaign's parent, then `ablation_report` and its
+`ablation.json`; the command's last line names that file. A copy, so that the session's home stays the
+demo graph the other end-to-end tests compare."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +16,20 @@ import pytest
 from mlflow import MlflowClient
 
 
+@pytest.fixture
+def ablation_home(materialized, tmp_path) -> dict:
+    """The materialized home copied (instance, MLflow store, tables, artifacts), paths rewritten."""
+    old, new = str(materialized["root"]), str(tmp_path / "home")
+    shutil.copytree(old, new, symlinks=True)
+    settings = Path(new) / "settings.yaml"
+    settings.write_text(settings.read_text().replace(old, new))
+    env = {k: v.replace(old, new) for k, v in materialized["env"].items()}
+    return {"env": env, "root": Path(new)}
+
+
 @pytest.mark.slow
-def test_ablate_runs_partitions_as_child_runs_and_reports(materialized):
+def test_ablate_runs_partitions_as_child_runs_and_reports(ablation_home):
+    materialized = ablation_home
     env = materialized["env"]
     cmd = [sys.executable, "-m", "unime_assets.cli", "ablate", "--skip-upstream", "--workers", "1",
            "--variants", "infonce_inbatch,unime_v2", "--seeds", "1,2"]  # fmt: skip

@@ -38,6 +38,7 @@ def test_embedder_and_reranker_train_from_official_scores(tmp_path, embedded_hom
         "train_image_root": str(tmp_path / "images_root"),
         "training_data": {"source": "official", "official_scores_file": str(FIXTURE)},
         "embedder": {"steps": 3}, "reranker": {"steps": 3},  # the first two steps run at lr 0
+        "bootstrap": {"pretrain_steps": 0},  # the embedder starts from the configured base, not pretrained_base
         # no judge_model materialized: the reranker starts from the base Qwen2.5-VL, as in the paper
         "reranker_base": {"path": str(embedded_home / "models" / "tiny-qwen2.5-vl")},
     }  # fmt: skip
