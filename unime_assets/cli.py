@@ -194,6 +194,7 @@ def ablate(args: argparse.Namespace) -> int:
     from unime_assets.defs.assets.ablation import CAMPAIGN_TAG
 
     phases, _ = _ablation_plan(args)
+    _create_stores()
     tags = {CAMPAIGN_TAG: f"ablation-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"}
     t0, failed, succeeded = time.time(), [], set()
     ctx = multiprocessing.get_context("spawn")  # fresh workers: no torch / Dagster state forked
@@ -225,6 +226,20 @@ def ablate(args: argparse.Namespace) -> int:
         return 1
     print(f"ablation report: {report}")
     return 1 if failed else 0
+
+
+def _create_stores() -> None:
+    """The Dagster instance's and MLflow's sqlite stores created here, once, before the workers start: two
+    processes migrating a new store at once collide ("table _alembic_tmp_tags already exists")."""
+    import dagster as dg
+
+    from unime_assets.defs.resources import MlflowResource
+    from unime_assets.tracking.mlflow_runs import ensure_experiment
+
+    with dg.DagsterInstance.get():
+        pass
+    mlflow = MlflowResource()
+    ensure_experiment(mlflow.uri(), mlflow.experiment_name, mlflow.artifacts())
 
 
 def _latest_report_path() -> str | None:

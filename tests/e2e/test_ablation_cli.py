@@ -60,3 +60,17 @@ def test_ablate_runs_partitions_as_child_runs_and_reports(ablation_home):
     assert parent.data.tags["unime.parent_key"].startswith("ablation-")
     assert {r.data.tags["unime.variant"] for r in runs} == {"infonce_inbatch", "unime_v2"}
     assert all("p_at_1.overall" in r.data.metrics and "loss" in r.data.metrics for r in runs)
+
+
+def test_ablate_creates_the_stores_before_its_workers_start(tmp_path, monkeypatch):
+    """A fresh home: the instance and the MLflow store exist before the worker processes open them (two
+    workers creating one sqlite store at once failed `make ablation` on a fresh clone)."""
+    from unime_assets.cli import _create_stores
+
+    (tmp_path / "dg").mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dg"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("UNIME_HOME", str(tmp_path / "home"))
+    _create_stores()
+    assert MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("unime-v2")
+    assert any((tmp_path / "dg").iterdir())  # the instance's storage was created
