@@ -7,7 +7,7 @@ The demo table comes from the latest materializations in the Dagster instance at
 (default .dagster_home) and their tables under $UNIME_HOME (default .unime): `mmeb_report`'s P@1 per
 subset (aggregated here with the pipeline's own `evaluation.aggregate`), the judge's held-out AUC, the
 listwise answers that did not parse. The ablation table comes from `ablation.json` (default: what
-`make ablation` writes, .unime-ablation/assets/ablation/ablation.json). Each lands between its
+`make ablation` writes, .unime-ablation/embedded/assets/ablation/ablation.json). Each lands between its
 `<!-- readme_numbers:NAME -->` and `<!-- /readme_numbers:NAME -->` markers, with the commit, the torch
 thread count and the CPU it was measured on: numbers of another commit or machine are visible as such.
 """
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", type=Path, default=ROOT / "README.md")
     p.add_argument("--dagster-home", type=Path, default=Path(os.environ.get("DAGSTER_HOME", ROOT / ".dagster_home")))
     p.add_argument("--unime-home", type=Path, default=Path(os.environ.get("UNIME_HOME", ROOT / ".unime")))
-    p.add_argument("--ablation-json", type=Path, default=ROOT / ".unime-ablation" / "assets" / "ablation" / "ablation.json")
+    p.add_argument("--ablation-json", type=Path, default=ROOT / ".unime-ablation" / "embedded" / "assets" / "ablation" / "ablation.json")
     p.add_argument("--only", choices=["demo", "ablation"], help="regenerate one table only")
     p.add_argument("--check", action="store_true", help="do not write; exit 1 when the README differs")
     a = p.parse_args(argv)
