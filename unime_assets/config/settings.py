@@ -10,26 +10,8 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from unime_assets.config import operations, stages, training
 from unime_assets.config.base import SettingsError, Strict, deep_merge, format_errors
-from unime_assets.config.operations import (
-    AblationSettings,
-    EvalSettings,
-    MaintenanceSettings,
-    TrainingDataSettings,
-    ValidationSettings,
-)
-from unime_assets.config.stages import (
-    ENSEMBLE,
-    LEGACY_JUDGE_NAME,
-    BootstrapSettings,
-    EnsembleSettings,
-    JudgeSettings,
-    JudgeSpec,
-    MiningSettings,
-    ModelSource,
-    RetrievalSettings,
-)
-from unime_assets.config.training import EmbedderSettings, RerankerSettings
 from unime_assets.data.catalog import check_subsets, get_catalog
 
 
@@ -44,26 +26,30 @@ class Settings(Strict):
     train_subsets: list[str] | None = None  # None: every subset of the catalog
     eval_subsets: list[str] | None = None
     max_per_subset: int | None = 50_000  # the VLM2Vec cap that gives UniME-V2's 662K pairs
-    retriever: ModelSource
-    # Judges: a named list (`judges`), or the single `judge` of older profiles (named "judge"). After
-    # validation `judge` mirrors the first judge, for code that reads one judge.
-    judges: list[JudgeSpec] = Field(default_factory=list)
-    judge: ModelSource | None = None
-    embedder_base: ModelSource
-    reranker_base: ModelSource = Field(default_factory=ModelSource)  # empty: start from the judge
     artifacts_root: Path
-    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
-    judging: JudgeSettings = Field(default_factory=JudgeSettings)
-    mining: MiningSettings = Field(default_factory=MiningSettings)
-    ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings)
-    bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
-    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
-    reranker: RerankerSettings = Field(default_factory=RerankerSettings)
-    training_data: TrainingDataSettings = Field(default_factory=TrainingDataSettings)
-    validation: ValidationSettings = Field(default_factory=ValidationSettings)
-    evaluation: EvalSettings = Field(default_factory=EvalSettings)
-    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
-    ablation: AblationSettings = Field(default_factory=AblationSettings)
+    # Stage 1: the retriever and the candidate search.
+    retriever: stages.ModelSource
+    retrieval: stages.RetrievalSettings = Field(default_factory=stages.RetrievalSettings)
+    # Stage 2. Judges: a named list (`judges`), or the single `judge` of older profiles (named "judge").
+    # After validation `judge` mirrors the first judge, for code that reads one judge.
+    judges: list[stages.JudgeSpec] = Field(default_factory=list)
+    judge: stages.ModelSource | None = None
+    judging: stages.JudgeSettings = Field(default_factory=stages.JudgeSettings)
+    ensemble: stages.EnsembleSettings = Field(default_factory=stages.EnsembleSettings)
+    # Stage 3.
+    mining: stages.MiningSettings = Field(default_factory=stages.MiningSettings)
+    # Stages 4-5: where training starts, what it reads, the two trainings.
+    embedder_base: stages.ModelSource
+    reranker_base: stages.ModelSource = Field(default_factory=stages.ModelSource)  # empty: start from the judge
+    bootstrap: stages.BootstrapSettings = Field(default_factory=stages.BootstrapSettings)
+    training_data: operations.TrainingDataSettings = Field(default_factory=operations.TrainingDataSettings)
+    embedder: training.EmbedderSettings = Field(default_factory=training.EmbedderSettings)
+    reranker: training.RerankerSettings = Field(default_factory=training.RerankerSettings)
+    # Ingestion, stage 6, housekeeping, the ablation job.
+    validation: operations.ValidationSettings = Field(default_factory=operations.ValidationSettings)
+    evaluation: operations.EvalSettings = Field(default_factory=operations.EvalSettings)
+    maintenance: operations.MaintenanceSettings = Field(default_factory=operations.MaintenanceSettings)
+    ablation: operations.AblationSettings = Field(default_factory=operations.AblationSettings)
     # The generator's ground truth of the train split (synthetic data only; None for real data): what
     # every query wants and every target means, to count the false negatives each rule removes.
     truth_file: Path | None = None
@@ -88,18 +74,18 @@ class Settings(Strict):
         if not self.judges:
             if self.judge is None:
                 raise ValueError("settings: configure `judges` (a list of named judges) or a single `judge`")
-            self.judges = [JudgeSpec(name=LEGACY_JUDGE_NAME, path=self.judge.path,
+            self.judges = [stages.JudgeSpec(name=stages.LEGACY_JUDGE_NAME, path=self.judge.path,
                                      trust_remote_code=self.judge.trust_remote_code)]  # fmt: skip
         elif self.judge is not None and self.judge.path not in (None, self.judges[0].path):
             raise ValueError("settings: set either `judges` or the single `judge`, not both")
         first = self.judges[0]
-        self.judge = ModelSource(path=first.path, trust_remote_code=first.trust_remote_code)
+        self.judge = stages.ModelSource(path=first.path, trust_remote_code=first.trust_remote_code)
         names = [j.name for j in self.judges]
         if dup := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"settings: judge name(s) {dup} appear more than once in `judges`")
-        if self.mining.judge is not None and self.mining.judge not in [*names, ENSEMBLE]:
+        if self.mining.judge is not None and self.mining.judge not in [*names, stages.ENSEMBLE]:
             raise ValueError(f"mining.judge: {self.mining.judge!r} is neither a judge of this profile {names} "
-                             f"nor {ENSEMBLE!r}")  # fmt: skip
+                             f"nor {stages.ENSEMBLE!r}")  # fmt: skip
         if unknown := sorted(set(self.ensemble.judges or []) - set(names)):
             raise ValueError(f"ensemble.judges: unknown judge(s) {unknown}; the profile has {names}")
         return self
@@ -120,9 +106,9 @@ class Settings(Strict):
     def judge_variants(self) -> dict[str, dict]:
         """The judge comparison (paper Table 5) as ablation variants: `judge:<name>` for every judge and
         `judge:ensemble`, each the settings overrides that train the embedder on those scores."""
-        return {f"judge:{n}": {"mining": {"judge": n}} for n in [*self.judge_names, ENSEMBLE]}
+        return {f"judge:{n}": {"mining": {"judge": n}} for n in [*self.judge_names, stages.ENSEMBLE]}
 
-    def judge_spec(self, name: str) -> JudgeSpec:
+    def judge_spec(self, name: str) -> stages.JudgeSpec:
         for j in self.judges:
             if j.name == name:
                 return j
@@ -219,7 +205,7 @@ class Settings(Strict):
         return out
 
 
-def _required(src: ModelSource, role: str) -> Path:
+def _required(src: stages.ModelSource, role: str) -> Path:
     if not src.path:
         raise ValueError(f"settings: `{role}.path` is required when bootstrap is disabled")
     return Path(src.path)
