@@ -159,6 +159,8 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
             embedder = handle
         else:
             handle.release()
+    # Per subset, the content key of its rows: the rerank cache keys and the promotion's comparability.
+    fingerprints = {n: subset_fingerprint(rows, ev.image_size, digests) for n, rows in mmeb_eval.items()}
     unparsable = 0
     unparsable_per: dict[str, int] = {}
     if ev.rerank:
@@ -170,7 +172,7 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
             label = f"embedder + reranker (top-{ev.rerank_top_k} {m})"
             per_model[label] = {}
             for (name,), rows in eval_df.group_by("subset", maintain_order=True):
-                key = rerank_cache_key(reranker, embedder, subset_fingerprint(rows, ev.image_size, digests),
+                key = rerank_cache_key(reranker, embedder, fingerprints[name],
                                        image_size=ev.image_size, mode=m, top_k=ev.rerank_top_k,
                                        max_pixels=max_pixels, max_new_tokens=max_new_tokens,
                                        unparsable=ev.rerank_unparsable, hit=ev.rerank_hit)  # fmt: skip
@@ -204,7 +206,6 @@ def mmeb_report(context: dg.AssetExecutionContext, mmeb_eval: dict[str, pl.DataF
     n_rows = {n: rows.height for n, rows in mmeb_eval.items()}
     protocol_md = protocol_markdown(evaluated, n_rows, ties, unparsable_per
                                     if ev.rerank and "listwise" in (mode, *ev.rerank_also) else None, info)  # fmt: skip
-    fingerprints = {n: subset_fingerprint(rows, ev.image_size, digests) for n, rows in mmeb_eval.items()}
     digests.save()
     with mlflow.run(context) as run:
         run.log_params({"embedder": embedder_path, "embedder_version": embedder_version or "",
