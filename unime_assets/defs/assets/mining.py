@@ -67,10 +67,10 @@ def _delta_audit(s, train_part: pl.DataFrame, pool: pl.DataFrame) -> dict:
     from unime_assets.retrieval import CandidateIndex, Retriever, delta_rule_audit, encode_cached
     from unime_assets.retrieval.encoder import items_of
 
+    if s.truth_file is None or pool.is_empty():  # real data: no ground truth, nothing to load
+        return {}
     ci = CandidateIndex.load(s.asset_dir("candidate_index"))
     matrices = truth_matrices(s, train_part, ci.candidates)
-    if matrices is None or pool.is_empty():
-        return {}
     q_emb, _ = encode_cached(items_of(train_part["qry"], train_part["qry_image_path"]), Retriever(s.retriever_path),
                              s.train_image_root, cache_dir=s.asset_dir("embedding_cache"), progress=False)  # fmt: skip
     audit = delta_rule_audit(q_emb, np.asarray(ci.embeddings), pool["pos_cand_id"].to_numpy(), matrices[0])
