@@ -215,6 +215,9 @@ def test_ablation_runs_train_from_each_judge_and_report_table5(env):
     assert "| ensemble | `judge:ensemble` | 1 |" in table5
     data = json.loads(Path(meta["ablation_json"].value).read_text())
     rows = {r["variant"]: r for r in data["rows"]}
-    # the run's metadata shows 4 significant digits; ablation.json keeps 4 decimals
-    assert rows["judge:internvl3"]["overall"] == pytest.approx([first["overall"], other_seed["overall"]], abs=0.01)
+    # exactly the runs' own overall P@1 (their MLflow metric; the Dagster metadata shows it rounded)
+    logged = {int(r.data.tags["unime.seed"]): r.data.metrics["p_at_1.overall"] for r in runs
+              if r.data.tags["unime.variant"] == "judge:internvl3"}  # fmt: skip
+    assert rows["judge:internvl3"]["overall"] == [logged[1], logged[2]]
+    assert logged[1] == pytest.approx(first["overall"], rel=1e-3)
     assert ["unime_v2", 2] in data["missing"] and meta["runs"].value == 5
