@@ -67,6 +67,23 @@ def test_screened_equals_the_exact_scan(dim):
     assert all(pos[i] not in ids[i] for i in range(200)) and (sims[ids >= 0] < np.repeat(below, 20)[(ids >= 0).ravel()]).all()
 
 
+def test_a_small_rescoring_buffer_gives_the_same_answer(monkeypatch):
+    """Rescoring groups rows by how many candidates they need and fills one reused buffer; with room for
+    only a few rows per group (many groups, each as wide as its widest row) the answer is unchanged."""
+    import unime_assets.retrieval.screened as screened
+
+    q, c, pos = _clustered(3000, 200, 64, seed=3)
+    below = np.einsum("ij,ij->i", q, c[pos]).astype(np.float32)
+    ids, sims = screened_filtered_topk(c, q, below, pos, 20, query_chunk=64, cand_chunk=700)
+    monkeypatch.setattr(screened, "RESCORE_ROWS", 1)  # the buffer then holds one row of `capacity` entries
+    small = ScreenStats()
+    ids_s, sims_s = screened_filtered_topk(c, q, below, pos, 20, query_chunk=64, cand_chunk=700, stats=small)
+    assert small.screened > 150
+    np.testing.assert_array_equal(ids_s, ids)
+    np.testing.assert_array_equal(sims_s, sims)
+    _check_equal_to_exact(q, c, pos, ids_s, 20)
+
+
 def test_a_full_kept_list_falls_back_to_the_exact_scan():
     q, c, pos = _clustered(2000, 60, 32, seed=1)
     below = np.einsum("ij,ij->i", q, c[pos]).astype(np.float32)

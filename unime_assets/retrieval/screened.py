@@ -35,6 +35,7 @@ from unime_assets.openblas import cpu_flags
 
 BF16_UNIT_ROUNDOFF = 2.0**-8
 F32_UNIT_ROUNDOFF = 2.0**-24
+RESCORE_ROWS = 8192  # candidate rows gathered at once for float32 rescoring (117 MB at dim 3584)
 
 
 def fast_bf16_matmul() -> bool:
@@ -90,14 +91,21 @@ def torch_filtered_topk(
     return ids, sims
 
 
-def _bf16_rows(x: np.ndarray, extra: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(bf16 rows with `extra` appended as a last column, |x - bf16(x)| per row, |bf16(x)| per row)."""
+def _bf16_rows(
+    x: np.ndarray, extra: float | torch.Tensor, scratch: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(bf16 rows with `extra` appended as a last column, |x - bf16(x)| per row, |bf16(x)| per row).
+
+    `scratch`, float32 of at least x's size, is reused for the intermediates (fresh ones for every
+    pool block cost about as much in page faults as the arithmetic)."""
     t = _as_tensor(x)
     out = torch.empty((len(t), t.shape[1] + 1), dtype=torch.bfloat16)
     out[:, :-1] = t
     out[:, -1] = extra
-    bf = out[:, :-1].float()
-    return out, (t - bf).norm(dim=1), bf.norm(dim=1)
+    bf = scratch.view(-1)[: t.numel()].view(t.shape) if scratch is not None else torch.empty(t.shape)
+    bf.copy_(out[:, :-1])
+    bf_norm = bf.norm(dim=1)
+    return out, torch.sub(t, bf, out=bf).norm(dim=1), bf_norm
 
 
 def _to_bf16(x: torch.Tensor, *, up: bool) -> torch.Tensor:
@@ -149,13 +157,16 @@ def screened_filtered_topk(
     pool = _as_tensor(cand_emb)  # float32 rows for rescoring and the fallback scan (no copy of an array)
     stats = stats if stats is not None else ScreenStats()
     blocks, dc_max, cn_max = [], 0.0, 0.0  # bf16 candidate rows with a trailing 1 (for -β)
+    scratch = torch.empty((min(cand_chunk, len(cand_emb)), d))
     for s in range(0, len(cand_emb), cand_chunk):
-        cb, dc, cn = _bf16_rows(cand_emb[s : s + cand_chunk], 1.0)
+        cb, dc, cn = _bf16_rows(cand_emb[s : s + cand_chunk], 1.0, scratch)
         blocks.append(cb)
         dc_max, cn_max = max(dc_max, float(dc.max())), max(cn_max, float(cn.max()))
+    del scratch
     out_ids = np.full((n, k), -1, dtype=np.int64)
     out_sims = np.full((n, k), -np.inf, dtype=np.float32)
     ninf = torch.tensor(-torch.inf)
+    rescore_buf = torch.empty((max(RESCORE_ROWS, cap), d))
     u = BF16_UNIT_ROUNDOFF / (1 - BF16_UNIT_ROUNDOFF)  # |x - x^| <= u |x^| for the bf16 output x^
     for qs in range(0, n, query_chunk):
         q32 = torch.from_numpy(np.array(query_emb[qs : qs + query_chunk], dtype=np.float32))
@@ -204,11 +215,20 @@ def screened_filtered_topk(
         full = torch.isfinite(keep_v[:, -1]) & (hi[:, -1] >= t)
         ok = (~full).nonzero().squeeze(1)
         need = (hi >= t[:, None]) & torch.isfinite(keep_v)  # a prefix of each row (sorted by x^)
-        for s in range(0, len(ok), 64):  # float32 rescoring of the needed candidates, 64 queries at a time
-            rows = ok[s : s + 64]
-            w = max(int(need[rows].sum(1).max()), 1)
+        # float32 rescoring of the needed candidates. Rows go by how many they need, so a group's
+        # padding is small, and the gathered rows land in one reused buffer (a fresh gather output
+        # per group cost more in page faults than the rescoring itself).
+        counts = need[ok].sum(1)
+        order = torch.argsort(counts, stable=True)
+        ok, counts = ok[order], counts[order]
+        s = 0
+        while s < len(ok):
+            e = min(s + 64, len(ok))
+            w = max(int(counts[e - 1]), 1)
+            e = min(e, s + max(1, len(rescore_buf) // w))
+            rows = ok[s:e]
             ki, valid = keep_i[rows, :w], need[rows, :w]
-            vecs = pool.index_select(0, ki.clamp(min=0).reshape(-1))
+            vecs = torch.index_select(pool, 0, ki.clamp(min=0).reshape(-1), out=rescore_buf[: len(rows) * w])
             exact = torch.einsum("qd,qcd->qc", q32[rows], vecs.view(len(rows), w, d))
             exact = torch.where(valid & (exact < thr[rows, None]), exact, ninf)
             best = exact.topk(min(k, w), dim=1)
@@ -217,6 +237,7 @@ def screened_filtered_topk(
             out_ids[qs + rows.numpy(), : best.values.shape[1]] = got_i.numpy()
             out_sims[qs + rows.numpy(), : best.values.shape[1]] = best.values.numpy()
             stats.rescored += int(valid.sum())
+            s = e
         stats.screened += len(ok)
         bad = full.nonzero().squeeze(1).numpy()
         if len(bad):
