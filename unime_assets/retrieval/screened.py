@@ -59,15 +59,24 @@ def _as_tensor(x: np.ndarray) -> torch.Tensor:
 
 def _exact_scan(pool: torch.Tensor, q: torch.Tensor, below: torch.Tensor, exclude: torch.Tensor, k: int,
                 chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The float32 scan: q @ pool.T per pool chunk, the δ mask, a running top-k (best first, -1 padded)."""
+    """The float32 scan: q @ pool.T per pool chunk, the δ mask, a running top-k (best first, -1 padded).
+
+    Each block's scores go into one reused buffer and are masked in place, and only the block's own
+    top-k is merged into the running one: a fresh (queries x chunk) matrix per block and a merge over
+    the whole block each cost about as much as the matmul's last fifth."""
     best_v = torch.full((len(q), k), -torch.inf)
     best_i = torch.full((len(q), k), -1, dtype=torch.long)
+    rows = torch.arange(len(q))
+    buf = torch.empty(len(q) * min(chunk, len(pool)))
     for s in range(0, len(pool), chunk):
-        x = q @ pool[s : s + chunk].T
-        ids = torch.arange(s, s + len(x[0]))
-        x[(x >= below[:, None]) | (ids[None, :] == exclude[:, None])] = -torch.inf
-        top = torch.cat([best_v, x], 1).topk(k, dim=1)
-        best_i = torch.cat([best_i, ids.expand(len(q), -1)], 1).gather(1, top.indices)
+        block = pool[s : s + chunk]
+        x = torch.matmul(q, block.T, out=buf[: len(q) * len(block)].view(len(q), len(block)))
+        x.masked_fill_(x >= below[:, None], -torch.inf)  # δ rule
+        own = (exclude >= s) & (exclude < s + len(block))
+        x[rows[own], exclude[own] - s] = -torch.inf
+        v, i = x.topk(min(k, len(block)), dim=1)
+        top = torch.cat([best_v, v], 1).topk(k, dim=1)
+        best_i = torch.cat([best_i, i + s], 1).gather(1, top.indices)
         best_v = top.values
     best_i[~torch.isfinite(best_v)] = -1
     return best_i, best_v
