@@ -54,6 +54,19 @@ def test_candidate_pool_agreement_check_can_fail(bench_modules):
     wrong[3, 0] = pos[3]  # the positive itself is never a candidate
     with pytest.raises(AssertionError, match="query 3"):
         agree(q, c, pos, ids, wrong)
+    # a copy of the positive elsewhere in the pool (at δ) taken by one search pushes its 50th out: a tie
+    j = int(np.nonzero((ids >= 0).all(1))[0][0])
+    twin = int(np.setdiff1d(np.arange(len(c)), [*ids[j], pos[j]])[0])
+    c2 = c.copy()
+    c2[twin] = c[pos[j]]
+    shifted = ids.copy()
+    shifted[j] = [twin, *ids[j][:-1]]
+    assert agree(q, c2, pos, ids, shifted) == (39, 1)
+    unrelated = int(np.setdiff1d(np.arange(len(c)), [*ids[j], pos[j], twin])[-1])
+    replaced = ids.copy()
+    replaced[j, 0] = unrelated  # the best candidate swapped for one far below the 50th
+    with pytest.raises(AssertionError, match=f"query {j}"):
+        agree(q, c2, pos, ids, replaced)
 
 
 def test_judge_throughput_smoke_run():

@@ -161,7 +161,10 @@ def test_torch_scan_matches_faiss_and_the_exact_scan():
     t = search_below_positive(index, q, c[pos], pos, k=25, method="torch", cand_emb=c, chunk=64)
     assert t.method == "torch"
     _check_equal_to_exact(q, c, pos, t.ids, 25)
-    assert np.mean([set(x) == set(y) for x, y in zip(a.ids.tolist(), t.ids.tolist(), strict=True)]) > 0.95
+    # both are exact answers; they may differ only where float32 sums in another order split a tie at the
+    # k-th score or put a near-duplicate of the positive on the other side of δ
+    _check_equal_to_exact(q, c, pos, a.ids, 25)
+    assert np.mean([set(x) == set(y) for x, y in zip(a.ids.tolist(), t.ids.tolist(), strict=True)]) > 0.9
     below = np.einsum("ij,ij->i", q, c[pos]).astype(np.float32)
     ids, sims = torch_filtered_topk(c, q, below, pos, 25, query_chunk=50, cand_chunk=700)
     ref_ids, ref_sims = exact_filtered_topk(c, q, below, pos, 25)
