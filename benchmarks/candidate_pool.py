@@ -24,7 +24,7 @@ as a fraction of the fp32 matmul peak measured in the same run. The exact method
 query may differ only by candidates within 1e-5 of its 50th score or of its δ (float32 sums in
 another order), checked in float64; otherwise the script exits 1.
 
-    .venv/bin/python benchmarks/candidate_pool.py            # ~7 min on 2 idle cores
+    .venv/bin/python benchmarks/candidate_pool.py            # ~6 min on 2 idle cores
     .venv/bin/python benchmarks/candidate_pool.py --quick    # small sizes, a smoke test (seconds)
 
 Ends with `RESULT candidate_pool: ratio X default vs chunked torch, CPU time, <shape>`.

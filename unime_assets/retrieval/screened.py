@@ -3,8 +3,9 @@
 `torch_filtered_topk` is the plain scan (q @ pool.T per block, the δ mask, a running top-k).
 `screened_filtered_topk` gives the same result from a bf16 pass (twice the matmul rate of float32 on
 CPUs with AVX512-BF16 or AMX) plus float32 rescoring of the few candidates that can matter; measured
-(benchmarks/candidate_pool.py, 10K x 100K at dim 3584, one thread) it takes 1/1.3 of the CPU time of
-a float32 matmul + topk, so `search_below_positive` uses it by default on such CPUs at large shapes.
+(benchmarks/candidate_pool.py, 10K x 100K at dim 3584) it takes 1/1.86 (one thread) to 1/1.7 (two) of
+the CPU time of a float32 matmul + topk, so `search_below_positive` uses it by default on such CPUs
+at large shapes.
 
 What makes the screen exact is a rigorous interval around every bf16 score. The query gets one extra
 coordinate -β (β = its δ rounded to bf16, the candidates a 1 there), so the kernel returns

@@ -140,8 +140,8 @@ def search_below_positive(
     same result as faiss; the index is then not searched. `auto`, for an exact CPU index at large
     shapes (`TORCH_MIN_WORK`, `TORCH_MIN_DIM`), picks `screened` on a CPU with native bf16 and `torch`
     elsewhere, else `faiss` (GPU, IVF, HNSW, small shapes). Measured at 10K x 100K, dim 3584
-    (benchmarks/candidate_pool.py, README): screened 1.3x less CPU than a float32 matmul + topk, FAISS's
-    search + deepening 1.3x more.
+    (benchmarks/candidate_pool.py, README): screened 1.7-1.9x less CPU than a float32 matmul + topk,
+    the `torch` scan and FAISS's search + deepening 1.03-1.14x more.
     """
     n, total = len(query_emb), index.ntotal
     if k < 1:
