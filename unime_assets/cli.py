@@ -33,6 +33,18 @@ STAGES: list[tuple[str | None, str, list[str]]] = [
 ]
 # Dagster's per-event DEBUG lines (step start, output handled, ...) stay in the instance's event log.
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# Stages whose steps form independent chains run them side by side with Dagster's multiprocess
+# executor, as a run launched from the UI does: the judge bootstraps while the pretrained base and the
+# retriever train (one torch thread each). Other stages are one chain, or share the one-slot `gpu`
+# pool, and run in process (no step subprocess to start).
+PARALLEL_STAGES = {"models"}
+
+
+def stage_job(job_name: str):
+    """The stage's job, rebuilt in each step process of the multiprocess executor."""
+    from unime_assets.definitions import defs
+
+    return defs.resolve_job_def(job_name)
 
 
 def init(args: argparse.Namespace) -> int:
@@ -91,13 +103,22 @@ def materialize(args: argparse.Namespace) -> int:
             stage_t0 = time.time()
             for done, key in enumerate(keys, 1):
                 tags = {"unime/assets": ",".join(names), "unime/launched_by": "unime-assets materialize"}
-                result = job.execute_in_process(
-                    instance=instance, partition_key=key, asset_selection=_keys_named(all_keys, names),
-                    tags=tags, run_config=RUN_CONFIG, raise_on_error=False,
-                )  # fmt: skip
+                selection = _keys_named(all_keys, names)
+                if key is None and job_name in PARALLEL_STAGES:
+                    recon = dg.build_reconstructable_job("unime_assets.cli", "stage_job", (job_name,))
+                    config = {**RUN_CONFIG, "execution": {"config": {"multiprocess": {}}}}
+                    with dg.execute_job(recon, instance, run_config=config, tags=tags,
+                                        asset_selection=selection) as result:  # fmt: skip
+                        ok, run_id = result.success, result.run_id
+                else:
+                    result = job.execute_in_process(
+                        instance=instance, partition_key=key, asset_selection=selection,
+                        tags=tags, run_config=RUN_CONFIG, raise_on_error=False,
+                    )  # fmt: skip
+                    ok, run_id = result.success, result.run_id
                 label = f"{job_name}" + (f"[{key}]" if key else "")
-                if not result.success:
-                    print(f"FAILED: {label} (run {result.run_id}); its log is above and in the Dagster UI",
+                if not ok:
+                    print(f"FAILED: {label} (run {run_id}); its log is above and in the Dagster UI",
                           file=sys.stderr)  # fmt: skip
                     return 1
                 if kind:

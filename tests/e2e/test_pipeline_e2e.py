@@ -137,3 +137,27 @@ def test_readme_numbers_regenerates_the_demo_table_from_the_instance(materialize
     row = text.split("\n| embedder |")[1].split("\n")[0]
     assert row.strip(" |").split("|")[-1].strip() == f"{100 * embedder:.1f}"  # overall: the mean over datasets
     assert subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=300).returncode == 0
+
+
+@pytest.mark.slow
+def test_the_models_stage_trains_its_independent_chains_side_by_side(materialized):
+    """`materialize` runs the models stage with Dagster's multiprocess executor, as a UI launch does: the
+    judge bootstrap and pretrained_base -> retriever_model run in separate processes, at the same time."""
+    with dg.DagsterInstance.from_config(str(materialized["root"] / "dg")) as instance:
+        run_id = instance.get_latest_materialization_event(dg.AssetKey("pretrained_base")).run_id
+        assert instance.get_latest_materialization_event(dg.AssetKey(["judge_model", "qwen25vl"])).run_id == run_id
+        records = instance.get_records_for_run(run_id).records
+        starts, ends, pids = {}, {}, {}
+        for r in records:
+            ev = r.event_log_entry.dagster_event
+            if ev is None or ev.step_key is None:
+                continue
+            if ev.event_type == dg.DagsterEventType.STEP_START:
+                starts[ev.step_key], pids[ev.step_key] = r.event_log_entry.timestamp, ev.pid
+            elif ev.event_type == dg.DagsterEventType.STEP_SUCCESS:
+                ends[ev.step_key] = r.event_log_entry.timestamp
+    judge = next(k for k in starts if k.startswith("judge_model"))
+    assert {"pretrained_base", "retriever_model"} <= set(starts) and set(ends) == set(starts)
+    assert len({pids[judge], pids["pretrained_base"]}) == 2  # one process per step
+    # the judge's training overlaps the pretrained base's (the in-process executor ran them in turn)
+    assert starts[judge] < ends["pretrained_base"] and starts["pretrained_base"] < ends[judge]
