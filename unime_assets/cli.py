@@ -33,10 +33,10 @@ STAGES: list[tuple[str | None, str, list[str]]] = [
 ]
 # Dagster's per-event DEBUG lines (step start, output handled, ...) stay in the instance's event log.
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-# Stages whose steps form independent chains run them side by side with Dagster's multiprocess
-# executor, as a run launched from the UI does: the judge bootstraps while the pretrained base and the
-# retriever train (one torch thread each). Other stages are one chain, or share the one-slot `gpu`
-# pool, and run in process (no step subprocess to start).
+# Stages whose steps form independent chains run them with the job's own executor (the models job's is
+# multiprocess: defs/automation.py), as a run launched from the UI does: the judge bootstraps while the
+# pretrained base and the retriever train (one torch thread each). Other stages are one chain, or share
+# the one-slot `gpu` pool, and run in this process (no step subprocess to start).
 PARALLEL_STAGES = {"models"}
 
 
@@ -106,8 +106,7 @@ def materialize(args: argparse.Namespace) -> int:
                 selection = _keys_named(all_keys, names)
                 if key is None and job_name in PARALLEL_STAGES:
                     recon = dg.build_reconstructable_job("unime_assets.cli", "stage_job", (job_name,))
-                    config = {**RUN_CONFIG, "execution": {"config": {"multiprocess": {}}}}
-                    with dg.execute_job(recon, instance, run_config=config, tags=tags,
+                    with dg.execute_job(recon, instance, run_config=RUN_CONFIG, tags=tags,
                                         asset_selection=selection) as result:  # fmt: skip
                         ok, run_id = result.success, result.run_id
                 else:

@@ -85,9 +85,19 @@ ingest_train_job = _job("ingest_train", INGEST_SELECTION, "ingest", 2,
                         "Read one MMEB-train subset (partition) from its source files.")  # fmt: skip
 ingest_eval_job = _job("ingest_eval", INGEST_EVAL_SELECTION, "ingest", 2,
                        "Read one MMEB-eval subset (partition) from its source files.")  # fmt: skip
+
+
+def _models_executor() -> dict:
+    """The models job's chains are independent and long (each judge's bootstrap; pretrained_base ->
+    retriever_model): where the code location runs steps in process (UNIME_EXECUTOR unset, the laptop
+    default) they run in processes side by side; a configured executor (multiprocess, k8s, docker) is kept."""
+    return {"executor_def": dg.multiprocess_executor} if os.environ.get("UNIME_EXECUTOR", "in_process") == "in_process" else {}
+
+
 models_job = _job("models", MODELS_SELECTION, "models", 24,
                   "The retriever (stage 1) and the judges (stage 2): configured checkpoints validated, or on the "
-                  "embedded default tiny models bootstrapped; each judge's held-out AUC.")  # fmt: skip
+                  "embedded default tiny models bootstrapped; each judge's held-out AUC. Its independent "
+                  "chains run in processes side by side.", **_models_executor())  # fmt: skip
 index_job = _job("index", INDEX_SELECTION, "index", 24,
                  "Stage 1: the global candidate index over every materialized train subset (rebuilt before "
                  "`mine` whenever a subset was added or re-read).")  # fmt: skip
