@@ -43,6 +43,20 @@ def test_jobs_select_the_stages_with_retries_and_time_limits():
     assert graph.get(dg.AssetKey(["judge_scores", "qwen25vl"])).pools == {"gpu"}
 
 
+def test_the_models_job_runs_its_steps_in_processes_and_the_others_in_process(monkeypatch):
+    """On the in-process default only `models` (independent, long chains) runs steps in processes; a
+    configured executor (UNIME_EXECUTOR) is left to every job."""
+    if os.environ.get("UNIME_EXECUTOR", "in_process") != "in_process":
+        pytest.skip("the code location was loaded with UNIME_EXECUTOR set")
+    assert defs.resolve_job_def("models").executor_def.name == "multiprocess"
+    for name in ("ingest_train", "index", "mine", "train", "evaluate"):
+        assert defs.resolve_job_def(name).executor_def.name == "in_process", name
+    monkeypatch.setenv("UNIME_EXECUTOR", "k8s")
+    assert auto._models_executor() == {}
+    monkeypatch.setenv("UNIME_EXECUTOR", "in_process")
+    assert auto._models_executor() == {"executor_def": dg.multiprocess_executor}
+
+
 def test_instance_config_enables_retries_monitoring_and_the_gpu_pool():
     raw = yaml.safe_load((Path(__file__).parents[2] / "dagster.yaml").read_text())
     assert raw["run_retries"]["enabled"] and raw["run_monitoring"]["enabled"]
