@@ -118,6 +118,12 @@ def test_bad_judge_settings_name_the_problem(tmp_path, judges, extra, message):
         ({"embedder": {"k_negatives": 12}}, "embedder.k_negatives (12) must be <= mining.n_negatives (10)"),
         ({"evaluation": {"rerank_top_k": 0}}, "evaluation.rerank_top_k must be >= 1, got 0"),
         ({"validation": {"max_text_chars": 0}}, "validation.max_text_chars must be >= 1, got 0"),
+        # ZeRO 1-3 cannot reduce a trainable vision tower across ranks: refused before any launch
+        ({"embedder": {"processes": 2, "lora": {"enabled": False}}},
+         "embedder: 2 processes fine-tune every weight (vision tower included), which needs embedder.zero_stage 0"),
+        ({"bootstrap": {"enabled": True, "judge_processes": 2}},
+         "bootstrap.judge: 2 processes fine-tune every weight (vision tower included), which needs "
+         "reranker.zero_stage 0 (it is 2)"),
     ],
 )  # fmt: skip
 def test_out_of_range_settings_are_refused_at_load(tmp_path, override, message):

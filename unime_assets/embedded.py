@@ -41,6 +41,11 @@ DEMO_TRAIN = {"steps": 120, "batch_size": 16, "lr": 5e-4, "warmup_steps": 10}
 TEST_TRAIN = {"steps": 3, "batch_size": 4, "lr": 5e-4, "warmup_steps": 1}
 
 
+# The demo's trainings on two CPU ranks; full fine-tuning of the tiny models on several ranks needs ZeRO-0
+# (a trainable vision tower; training.loop.check_rank_balance). The judge SFT takes the reranker's stage.
+DEMO_RANKS = {"processes": 2, "zero_stage": 0}
+
+
 def _retriever_budget(train: dict) -> dict:
     return {f"retriever_{k}": v for k, v in train.items()}
 
@@ -55,9 +60,13 @@ SIZES: dict[str, EmbeddedSize] = {
             # Pretraining: 300 steps of describe / VQA chat SFT (measured: the retriever bootstrapped from it
             # reaches 67 overall P@1 at 150x32 steps vs 60 from the random base). The tiny judge needs
             # ~1000 steps before it compares a candidate with its query reliably, pretrained base or not.
+            # Two ranks (torchrun, gloo) for the judge SFT, the embedder and the reranker: a 2-core machine
+            # uses both cores where one process would leave one idle (one torch thread per rank). Full
+            # fine-tuning on several ranks needs ZeRO-0 (below). The judge's 1200 steps are the demo's
+            # critical path: everything after it waits for its scores.
             "bootstrap": {"enabled": True, "pretrain_steps": 300, "pretrain_batch_size": 32, "pretrain_lr": 1e-3,
                           **_retriever_budget(DEMO_TRAIN), "judge_steps": 1200, "judge_batch_size": 32,
-                          "judge_lr": 1e-3},
+                          "judge_lr": 1e-3, "judge_processes": 2},
             "judging": {"batch_size": 64},
             # Small budgets (steps, batch, no accumulation), a larger lr and full fine-tuning of the tiny
             # models; every other choice is the official recipe's (config/ defaults: eps loss, 672x672
@@ -66,13 +75,14 @@ SIZES: dict[str, EmbeddedSize] = {
             # Native training images, like the demo's evaluation (`image_size: None`): the official 672x672
             # squash (`mid`) of the 56-112 px synthetic images trains at another resolution than the eval sees
             # (one seed on the demo's training set: overall P@1 28.6 at `mid` vs 36.1 native; 170 s vs 48 s).
-            "embedder": {**DEMO_TRAIN, "gradcache_chunk": 0, "image_resolution": "native", "lora": {"enabled": False}},
+            "embedder": {**DEMO_TRAIN, "gradcache_chunk": 0, "image_resolution": "native", "lora": {"enabled": False},
+                         **DEMO_RANKS},
             # Listwise lists of every length the top-10 shows (the eval rows hold 3-8 candidates).
             # The evaluation's pairwise wording in training too: the official training prompt's typo
             # ("responed") is a different token sequence the tiny reranker does not generalise across
             # (one seed: pairwise reranking 28.6 with the official wording, 42.5 with the eval's).
             "reranker": {"steps": 150, "batch_size": 8, "grad_accum": 1, "lr": 5e-4, "warmup_steps": 10, "list_sizes": [2, 10],
-                         "listwise_per_query": 1, "pairwise_prompt": "judge", "lora": {"enabled": False}},
+                         "listwise_per_query": 1, "pairwise_prompt": "judge", "lora": {"enabled": False}, **DEMO_RANKS},
             # Both reranking modes are reported; pairwise is the row the demo reads (README: measured).
             "evaluation": {"image_size": None, "batch_size": 64, "rerank_mode": "pairwise",
                            "rerank_also": ["listwise"]},

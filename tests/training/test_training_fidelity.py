@@ -81,3 +81,40 @@ def test_reranker_lora_leaves_the_vision_tower_frozen(tiny_qwen25vl):
     assert {n.rsplit(".", 1)[-1] for n in wrapped} == set(lora.target_modules)
     unexcluded = lora_modules(lora.model_copy(update={"exclude_modules": None}))
     assert any("visual" in n for n in unexcluded)  # the names do match the vision tower
+
+
+@pytest.mark.parametrize(("padding_side", "label_mask"), [("left", "official"), ("right", "answer_eos")])
+def test_sft_loss_with_logits_at_supervised_positions_is_hfs_labels_loss(tiny_qwen25vl, settings, padding_side,
+                                                                         label_mask):  # fmt: skip
+    """The SFT loss computes logits only where they predict a supervised token; it must be HF's own
+    `labels=` causal-LM loss (shifted, token mean): the same value and the same gradient."""
+    import random
+
+    import torch
+
+    from unime_assets.models.encoding import ImageLoader, Item
+    from unime_assets.models.loading import load_model
+    from unime_assets.models.processors import load_processor
+    from unime_assets.reranking import reranker_examples, sft_batch
+    from unime_assets.training.sft import supervised_token_loss
+
+    lm = load_model(tiny_qwen25vl, dtype=torch.float32, train=True)
+    proc = load_processor(tiny_qwen25vl, padding_side=padding_side)
+    examples = reranker_examples(Item("<|image_1|>\nWhat color is the circle?\n", "images/SynVQA/Train/SynVQA_image_0.png"),
+                                 Item("red"), [Item("blue"), Item("green"), Item("a long answer " * 5)],
+                                 random.Random(3))  # fmt: skip
+    batch = sft_batch(proc, examples, ImageLoader(settings.train_image_root), label_mask)
+    n_tokens = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < n_tokens < (batch["attention_mask"].sum() - batch["attention_mask"].shape[0]) / 2  # few supervised
+
+    def grads(loss):
+        lm.model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in lm.model.parameters() if p.grad is not None])
+
+    hf = lm.model(**batch, use_cache=False).loss
+    g_hf = grads(hf)
+    ours = supervised_token_loss(lm.model, batch) / n_tokens
+    g_ours = grads(ours)
+    assert float(ours.detach()) == pytest.approx(float(hf.detach()), rel=1e-5)
+    assert torch.allclose(g_ours, g_hf, rtol=1e-4, atol=1e-6)

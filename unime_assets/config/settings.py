@@ -136,6 +136,17 @@ class Settings(Strict):
         if self.training_data.source == "mined" and self.embedder.k_negatives > m.n_negatives:
             errors.append(f"embedder.k_negatives ({self.embedder.k_negatives}) must be <= mining.n_negatives "
                           f"({m.n_negatives})")  # fmt: skip
+        # Full fine-tuning trains the vision tower, which ZeRO 1-3 cannot reduce across ranks
+        # (training.loop.check_rank_balance); said here, before any launch.
+        full_ft = [("embedder", self.embedder.processes, self.embedder.zero_stage, not self.embedder.lora.enabled),
+                   ("reranker", self.reranker.processes, self.reranker.zero_stage, not self.reranker.lora.enabled),
+                   ("bootstrap.judge", self.bootstrap.judge_processes, self.reranker.zero_stage, self.bootstrap.enabled)]  # fmt: skip
+        for what, processes, zero, full in full_ft:
+            if full and processes > 1 and zero != 0:
+                stage = "reranker.zero_stage" if what != "embedder" else "embedder.zero_stage"
+                lora = "" if what == "bootstrap.judge" else f", or {what}.lora on the language model"
+                errors.append(f"{what}: {processes} processes fine-tune every weight (vision tower included), which "
+                              f"needs {stage} 0 (it is {zero}){lora}")  # fmt: skip
         if errors:
             raise ValueError("\n".join(errors))
         return self

@@ -148,6 +148,7 @@ class BootstrapSettings(Strict):
     ranges = {"retriever_steps": ((">=", 1),), "retriever_batch_size": ((">=", 1),), "retriever_lr": ((">", 0),),
               "retriever_temperature": ((">", 0),), "retriever_warmup_steps": ((">=", 0),),
               "judge_steps": ((">=", 1),), "judge_batch_size": ((">=", 1),), "judge_lr": ((">", 0),),
+              "judge_processes": ((">=", 0),),
               "pretrain_steps": ((">=", 0),), "pretrain_batch_size": ((">=", 1),), "pretrain_lr": ((">", 0),)}  # fmt: skip
 
     enabled: bool = False
@@ -163,3 +164,6 @@ class BootstrapSettings(Strict):
     judge_steps: int = 250
     judge_batch_size: int = 32
     judge_lr: float = 1e-3
+    # The judge's SFT runs through the training launcher (torchrun ranks, like the embedder); the global
+    # batch is split over them. 0: one per visible GPU, 1 on CPU.
+    judge_processes: int = 0

@@ -42,9 +42,10 @@ SPEC_KEY_FILE = "train_spec_key.json"  # beside the finished weights: which spec
 
 @dataclass
 class TrainSpec:
-    task: Literal["embedder", "reranker"]
+    # "judge": the embedded default's judge bootstrap (Yes/No + answer SFT built from MMEB-train pairs)
+    task: Literal["embedder", "reranker", "judge"]
     base_path: str
-    training_set: str  # parquet with the `training_set` asset's rows
+    training_set: str  # parquet with the `training_set` asset's rows (judge: the MMEB-train pairs)
     image_root: str
     out_dir: str
     steps: int  # resolved optimizer steps (TrainSettings.total_steps)
@@ -279,13 +280,15 @@ def run_spec(spec: TrainSpec, pipes=None):
 def _rows_with(ts, image: str) -> str:
     import polars as pl
 
-    hit = ts.filter((pl.col("qry_image_path") == image) | (pl.col("pos_image_path") == image)
-                    | pl.col("neg_image_paths").list.contains(image)) if image else ts.clear()  # fmt: skip
+    shown = (pl.col("qry_image_path") == image) | (pl.col("pos_image_path") == image)
+    if "neg_image_paths" in ts.columns:  # a training_set (the judge bootstrap reads MMEB-train pairs)
+        shown = shown | pl.col("neg_image_paths").list.contains(image)
+    hit = ts.filter(shown) if image else ts.clear()
     return f"{hit.height} row(s) show image {image!r} (pair_id {hit['pair_id'].head(5).to_list()})"
 
 
 def _train(spec: TrainSpec, ts, cfg, lora, log, policy):
-    from unime_assets.training.data import embedder_examples, reranker_sft_examples
+    from unime_assets.training.data import embedder_examples, judge_bootstrap_examples, reranker_sft_examples
     from unime_assets.training.embedder import train_embedder
     from unime_assets.training.sft import train_sft
 
@@ -302,6 +305,10 @@ def _train(spec: TrainSpec, ts, cfg, lora, log, policy):
         return train_sft(spec.base_path, examples, spec.image_root, spec.out_dir, cfg, role="reranker",
                          lora=lora, seed=spec.seed, log=log, checkpoint=policy, label_mask=spec.label_mask,
                          max_pixels=spec.max_pixels)  # fmt: skip
+    if spec.task == "judge":  # the stand-in judge keeps its own recipe (answer + <|im_end|>, native images)
+        return train_sft(spec.base_path, judge_bootstrap_examples(ts, seed=spec.seed), spec.image_root, spec.out_dir,
+                         cfg, role="judge", seed=spec.seed, log=log, checkpoint=policy,
+                         label_mask=spec.label_mask)  # fmt: skip
     raise ValueError(f"unknown training task {spec.task!r}")
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from unime_assets.config import LoraConfig
 from unime_assets.models.encoding import ImageLoader
 from unime_assets.reranking import MaxPixels, SFTExample, sft_batch
@@ -30,7 +33,8 @@ def train_sft(
     """Chat SFT with the loss on assistant tokens only: the reranker, and the tiny judge's bootstrap.
 
     `label_mask` chooses the supervised tokens (reranking.sft_batch); `max_pixels` caps every image
-    as the official reranker collator does (reranking.MaxPixels; None: native resolution).
+    as the official reranker collator does (reranking.MaxPixels; None: native resolution). The loss
+    is HF's causal-LM token mean, with logits computed only where they predict a supervised token.
     Under several ranks each rank's loss is its own micro-batch's token mean (DeepSpeed averages
     the gradients); the logged loss is the mean over ranks."""
     if not examples:
@@ -40,10 +44,24 @@ def train_sft(
 
     def micro_step(ids: list[int]) -> tuple[float, dict[str, float]]:
         batch = sft_batch(t.lm.processor, [examples[i] for i in ids], t.images, label_mask).to(t.device)
-        loss = t.engine(**batch, use_cache=False).loss
+        n_tokens = int((batch["labels"][:, 1:] != -100).sum())
+        loss = supervised_token_loss(t.engine, batch) / n_tokens
         t.backward(loss / engine_cfg.grad_accum)
         return all_reduce_mean(float(loss.detach())), {}
 
     identity = {"task": role, "base": str(base_path), "label_mask": label_mask, "max_pixels": max_pixels}
     return train_and_export(t, engine_cfg, len(examples), micro_step, out_dir, desc=role, seed=seed, log=log,
                             lora=lora, checkpoint=checkpoint, identity=identity)
+
+
+def supervised_token_loss(model, batch) -> torch.Tensor:
+    """Summed next-token cross-entropy over the supervised tokens (labels != -100) of `batch`, with
+    logits only at the positions that predict them: the causal-LM loss of HF's `labels=` path (which
+    shifts the labels by one) times the token count, without a vocabulary-wide logit tensor for every
+    position (at Qwen2.5-VL's 152K vocabulary that tensor dominates the memory of long sequences)."""
+    labels = batch["labels"]
+    keep = (labels[:, 1:] != -100).any(0).nonzero().flatten()  # position p predicts token p + 1
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    target = labels[:, keep + 1]
+    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum")

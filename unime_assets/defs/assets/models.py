@@ -122,7 +122,7 @@ def judge_model_asset(name: str) -> dg.AssetsDefinition:
         meta: dict = {}
         with mlflow.run(context) as run:
             if s.bootstrap.enabled:
-                meta = _bootstrap_judge(context, run, s, spec, train, path)
+                meta = _bootstrap_judge(context, run, mlflow.uri(), s, spec, train, path)
             else:
                 check_checkpoint_dir(spec.path, f"judge {name}")
                 run.log_params({"path": spec.path, "bootstrap": False})
@@ -149,24 +149,31 @@ def check_judge_family(spec, path) -> str:
     return family
 
 
-def _bootstrap_judge(context, run, s, spec, train: pl.DataFrame, out) -> dict:
-    """Embedded default only: the same chat SFT (Yes/No judgements + generative answers) for every judge."""
-    from unime_assets.training.data import judge_bootstrap_examples
-    from unime_assets.training.engine import EngineConfig
-    from unime_assets.training.sft import train_sft
+def _bootstrap_judge(context, run, tracking_uri: str, s, spec, train: pl.DataFrame, out) -> dict:
+    """Embedded default only: the same chat SFT (Yes/No judgements + generative answers) for every judge,
+    through the training launcher (`bootstrap.judge_processes` torchrun ranks, Dagster Pipes), as the
+    reranker trains. The stand-in judge keeps its own recipe: answer + <|im_end|> supervised, native
+    images, seed 0, ZeRO stage of the reranker."""
+    from unime_assets.defs.assets.training import launch_data_path, launch_training
+    from unime_assets.training.launch import TrainSpec
+    from unime_assets.training.loop import read_result
 
     b = s.bootstrap
     base = check_checkpoint_dir(spec.path, f"judge {spec.name} base")
-    examples = judge_bootstrap_examples(train, seed=0)
-    cfg = EngineConfig(micro_batch_size=b.judge_batch_size, total_steps=b.judge_steps, lr=b.judge_lr,
-                       warmup_steps=b.judge_steps // 10, zero_stage=s.reranker.zero_stage)  # fmt: skip
+    spec_ = TrainSpec(task="judge", base_path=str(base), training_set=str(launch_data_path(context, s)),
+                      image_root=str(s.train_image_root), out_dir=str(out), steps=b.judge_steps,
+                      batch_size=b.judge_batch_size, lr=b.judge_lr, warmup_steps=b.judge_steps // 10,
+                      zero_stage=s.reranker.zero_stage, seed=0, label_mask="answer_eos",
+                      mlflow_tracking_uri=tracking_uri, mlflow_run_id=run.run_id,
+                      log_every=max(1, b.judge_steps // 10), torch_threads=s.torch_threads)  # fmt: skip
     run.log_params({"base": base, "bootstrap": True, "steps": b.judge_steps, "lr": b.judge_lr,
-                    "batch_size": b.judge_batch_size, "examples": len(examples)})  # fmt: skip
-    # The stand-in judge keeps its own recipe (answer + <|im_end|> supervised, native images).
-    result = train_sft(base, examples, s.train_image_root, out, cfg, role="judge",
-                       log=step_logger(context, run, b.judge_steps), label_mask="answer_eos")  # fmt: skip
-    curve = figure(run, plots.loss_curve(result.losses, f"judge SFT ({spec.name})"), "loss", "loss_curve")
-    return {"final_loss": result.losses[-1], "train_seconds": round(result.seconds, 1), **curve}
+                    "batch_size": b.judge_batch_size, "pairs": train.height})  # fmt: skip
+    _, reported = launch_training(context, spec_, train, run, processes=b.judge_processes, launcher="torchrun",
+                                  torch_threads=s.torch_threads)  # fmt: skip
+    result = read_result(out)
+    curve = figure(run, plots.loss_curve(result["losses"], f"judge SFT ({spec.name})"), "loss", "loss_curve")
+    return {"final_loss": result["losses"][-1], "train_seconds": round(result["seconds"], 1),
+            "processes": result["world_size"], "reused_weights": reported.get("reused_weights", False), **curve}
 
 
 def _held_out_quality(run, s, spec, path, evals: pl.DataFrame) -> tuple[dict[str, float], dict]:

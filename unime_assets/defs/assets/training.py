@@ -135,29 +135,45 @@ def _train_out_of_process(
 ) -> tuple[dict, dict]:  # fmt: skip
     """Write spec + data, run the launcher through Pipes; returns (train_result.json, Pipes metadata).
     A finished training of the same spec is reused, not repeated."""
-    from unime_assets.io import write_parquet
     from unime_assets.models.loading import remote_code_allowed
-    from unime_assets.training.launch import default_processes, launch_command, launch_env, spec_from_settings
-    from unime_assets.training.loop import read_result
+    from unime_assets.training.launch import spec_from_settings
 
-    asset = context.asset_key.to_user_string()
-    launch_dir = s.artifacts_root / "launch" / asset
-    data = launch_dir / "training_set.parquet"
+    data = launch_data_path(context, s)
     spec = spec_from_settings(task, s, section, base=base, training_set=data, out_dir=out, n_queries=training_set.height,
                               mlflow_tracking_uri=tracking_uri, mlflow_run_id=run.run_id,
                               trust_remote_code=remote_code_allowed(base))  # fmt: skip
     run.log_params({"total_steps": spec.steps, "total_warmup_steps": spec.warmup_steps})
-    spec.spec_key = _spec_key(spec, base, training_set)
+    return launch_training(context, spec, training_set, run, processes=section.processes, launcher=section.launcher,
+                           torch_threads=s.torch_threads)  # fmt: skip
+
+
+def launch_data_path(context: dg.AssetExecutionContext, s) -> Path:
+    """Where an asset's launch writes the rows its ranks read (beside its spec.json)."""
+    return s.artifacts_root / "launch" / context.asset_key.to_user_string() / "training_set.parquet"
+
+
+def launch_training(context: dg.AssetExecutionContext, spec, rows: pl.DataFrame, run, *, processes: int,
+                    launcher: str, torch_threads: int) -> tuple[dict, dict]:  # fmt: skip
+    """Run `spec` (a training.launch.TrainSpec whose `training_set` is where `rows` go) on `processes`
+    ranks (0: one per GPU, 1 on CPU) through Dagster Pipes; returns (train_result.json, Pipes metadata).
+    A finished training of the same spec, base and rows is reused, not repeated."""
+    from unime_assets.io import write_parquet
+    from unime_assets.training.launch import default_processes, launch_command, launch_env
+    from unime_assets.training.loop import read_result
+
+    out, base = Path(spec.out_dir), Path(spec.base_path)
+    spec.spec_key = _spec_key(spec, base, rows)
     if finished_weights(out, spec.spec_key):
-        context.log.warning(f"{out} holds a finished {task} training of this exact spec: reusing it")
+        context.log.warning(f"{out} holds a finished {spec.task} training of this exact spec: reusing it")
         return read_result(out), {"reused_weights": True}
-    write_parquet(training_set, data)
-    spec_path = spec.write(launch_dir / "spec.json")
-    processes = section.processes or default_processes()
-    cmd = launch_command(spec_path, processes, section.launcher)
+    data = Path(spec.training_set)
+    write_parquet(rows, data)
+    spec_path = spec.write(data.with_name("spec.json"))
+    processes = processes or default_processes()
+    cmd = launch_command(spec_path, processes, launcher)
     run.log_params({"launch.processes": processes, "launch.command": shlex.join(cmd)})  # resolved
-    context.log.info(f"launching {task} training: {shlex.join(cmd)}")
-    invocation = dg.PipesSubprocessClient(env=launch_env(s.torch_threads)).run(
+    context.log.info(f"launching {spec.task} training: {shlex.join(cmd)}")
+    invocation = dg.PipesSubprocessClient(env=launch_env(torch_threads)).run(
         command=cmd, context=context, extras={"spec": str(spec_path)}
     )
     reported: dict = {"reused_weights": False}
