@@ -40,6 +40,19 @@ def test_embedder_trains_and_exports_loadable_safetensors(tmp_path, tiny_qwen2vl
     assert max(diffs) > 0  # weights were updated and saved
 
 
+def test_the_gradient_norm_is_logged_without_zero_too(tmp_path, tiny_qwen2vl, settings):
+    """fp32 ZeRO-0 (the demo's multi-rank setting): DeepSpeed keeps no gradient norm there, so the loop
+    takes it itself; it must be the same pre-clipping norm DeepSpeed reports under ZeRO-2 for the same
+    first step (same weights, same batch)."""
+    norms = {}
+    for stage in (0, 2):
+        cfg = EngineConfig(micro_batch_size=4, total_steps=2, lr=1e-3, warmup_steps=1, zero_stage=stage)
+        res = train_embedder(tiny_qwen2vl, _examples(), settings.train_image_root, tmp_path / f"z{stage}", cfg)
+        norms[stage] = res.metrics["grad_norm"]
+    assert all(np.isfinite(norms[0])) and norms[0][0] > 0
+    assert norms[0][0] == pytest.approx(norms[2][0], rel=1e-4)
+
+
 def test_lora_adapter_and_merged_weights(tmp_path, tiny_qwen2vl, settings):
     cfg = EngineConfig(micro_batch_size=4, total_steps=2, lr=1e-3, zero_stage=2)
     out = tmp_path / "lora"

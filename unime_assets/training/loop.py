@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -125,12 +126,26 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63 - 1)
 
 
+# Gradient norms DeepSpeed does not keep: fp32 without ZeRO clips (`clip_fp32_gradients`) but stores none.
+_OWN_NORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _norm_kept_by_deepspeed(engine) -> bool:
+    return bool(engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled())
+
+
 def make_backward(engine) -> Callable[[torch.Tensor], None]:
     """One DeepSpeed micro-step: the caller already scaled for accumulation, hence scale_wrt_gas=False;
-    DeepSpeed applies the optimizer only at the accumulation boundary."""
+    DeepSpeed applies the optimizer only at the accumulation boundary. Where DeepSpeed keeps no
+    gradient norm (fp32, ZeRO-0), the boundary's pre-clipping norm is taken here, after DeepSpeed's
+    all-reduce, so every rank logs the global one."""
+    own_norm = not _norm_kept_by_deepspeed(engine)
 
     def run(loss: torch.Tensor) -> None:
         engine.backward(loss, scale_wrt_gas=False)
+        if own_norm and engine.is_gradient_accumulation_boundary():
+            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+            _OWN_NORMS[engine] = float(torch.nn.utils.get_total_norm(grads)) if grads else float("nan")
         engine.step()
 
     return run
@@ -138,6 +153,8 @@ def make_backward(engine) -> Callable[[torch.Tensor], None]:
 
 def _grad_norm(engine) -> float:
     norm = engine.get_global_grad_norm()
+    if norm is None:
+        norm = _OWN_NORMS.get(engine)
     return float(norm) if norm is not None else float("nan")
 
 
