@@ -83,8 +83,8 @@ def test_a_partial_reranker_lora_keeps_the_official_reranker_defaults(tmp_path):
 
 def test_the_demo_departs_from_the_recipe_only_where_fidelity_md_says():
     """The demo's method choices (docs/fidelity.md note 4): the official ones except native embedder
-    training images, the evaluation's pairwise wording in reranker training, listwise lists of every
-    length 2-10, native evaluation images and both rerank rows. Scale choices (steps, batch, lr,
+    training images, the evaluation's pairwise wording and the answer-only label mask in reranker
+    training, listwise lists of every length 2-10, native evaluation images and both rerank rows. Scale choices (steps, batch, lr,
     LoRA off, GradCache off, 2 CPU ranks with ZeRO-0) are not method choices and are not listed here."""
     from unime_assets.embedded import SIZES
 
@@ -95,7 +95,8 @@ def test_the_demo_departs_from_the_recipe_only_where_fidelity_md_says():
               for sec in ("embedder", "reranker", "evaluation")}  # fmt: skip
     assert method == {
         "embedder": {"image_resolution": "native"},
-        "reranker": {"list_sizes": [2, 10], "listwise_per_query": 1, "pairwise_prompt": "judge"},
+        "reranker": {"list_sizes": [2, 10], "listwise_per_query": 1, "pairwise_prompt": "judge",
+                     "label_mask": "answer_eos"},
         "evaluation": {"image_size": None, "rerank_mode": "pairwise", "rerank_also": ["listwise"]},
     }
     assert "mining" not in demo and "retrieval" not in demo  # the paper's stage 1-3 values
