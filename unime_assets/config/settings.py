@@ -138,15 +138,14 @@ class Settings(Strict):
                           f"({m.n_negatives})")  # fmt: skip
         # Full fine-tuning trains the vision tower, which ZeRO 1-3 cannot reduce across ranks
         # (training.loop.check_rank_balance); said here, before any launch.
-        full_ft = [("embedder", self.embedder.processes, self.embedder.zero_stage, not self.embedder.lora.enabled),
-                   ("reranker", self.reranker.processes, self.reranker.zero_stage, not self.reranker.lora.enabled),
-                   ("bootstrap.judge", self.bootstrap.judge_processes, self.reranker.zero_stage, self.bootstrap.enabled)]  # fmt: skip
-        for what, processes, zero, full in full_ft:
+        e, r, b = self.embedder, self.reranker, self.bootstrap
+        full_ft = [("embedder", e.processes, "embedder", e.zero_stage, not e.lora.enabled, ", or embedder.lora on the language model"),
+                   ("reranker", r.processes, "reranker", r.zero_stage, not r.lora.enabled, ", or reranker.lora on the language model"),
+                   ("bootstrap.judge", b.judge_processes, "reranker", r.zero_stage, b.enabled, "")]  # fmt: skip
+        for what, processes, zero_section, zero, full, lora in full_ft:
             if full and processes > 1 and zero != 0:
-                stage = "reranker.zero_stage" if what != "embedder" else "embedder.zero_stage"
-                lora = "" if what == "bootstrap.judge" else f", or {what}.lora on the language model"
                 errors.append(f"{what}: {processes} processes fine-tune every weight (vision tower included), which "
-                              f"needs {stage} 0 (it is {zero}){lora}")  # fmt: skip
+                              f"needs {zero_section}.zero_stage 0 (it is {zero}){lora}")  # fmt: skip
         if errors:
             raise ValueError("\n".join(errors))
         return self

@@ -44,8 +44,7 @@ def train_sft(
 
     def micro_step(ids: list[int]) -> tuple[float, dict[str, float]]:
         batch = sft_batch(t.lm.processor, [examples[i] for i in ids], t.images, label_mask).to(t.device)
-        n_tokens = int((batch["labels"][:, 1:] != -100).sum())
-        loss = supervised_token_loss(t.engine, batch) / n_tokens
+        loss = supervised_token_loss(t.engine, batch)
         t.backward(loss / engine_cfg.grad_accum)
         return all_reduce_mean(float(loss.detach())), {}
 
@@ -55,13 +54,14 @@ def train_sft(
 
 
 def supervised_token_loss(model, batch) -> torch.Tensor:
-    """Summed next-token cross-entropy over the supervised tokens (labels != -100) of `batch`, with
+    """Mean next-token cross-entropy over the supervised tokens (labels != -100) of `batch`, with
     logits only at the positions that predict them: the causal-LM loss of HF's `labels=` path (which
-    shifts the labels by one) times the token count, without a vocabulary-wide logit tensor for every
-    position (at Qwen2.5-VL's 152K vocabulary that tensor dominates the memory of long sequences)."""
+    shifts the labels by one), without a vocabulary-wide logit tensor for every position (at
+    Qwen2.5-VL's 152K vocabulary that tensor dominates the memory of long sequences)."""
     labels = batch["labels"]
     keep = (labels[:, 1:] != -100).any(0).nonzero().flatten()  # position p predicts token p + 1
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
     target = labels[:, keep + 1]
-    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum")
+    summed = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum")
+    return summed / int((target != -100).sum())

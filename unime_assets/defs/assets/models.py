@@ -156,7 +156,6 @@ def _bootstrap_judge(context, run, tracking_uri: str, s, spec, train: pl.DataFra
     images, seed 0, ZeRO stage of the reranker."""
     from unime_assets.defs.assets.training import launch_data_path, launch_training
     from unime_assets.training.launch import TrainSpec
-    from unime_assets.training.loop import read_result
 
     b = s.bootstrap
     base = check_checkpoint_dir(spec.path, f"judge {spec.name} base")
@@ -168,9 +167,7 @@ def _bootstrap_judge(context, run, tracking_uri: str, s, spec, train: pl.DataFra
                       log_every=max(1, b.judge_steps // 10), torch_threads=s.torch_threads)  # fmt: skip
     run.log_params({"base": base, "bootstrap": True, "steps": b.judge_steps, "lr": b.judge_lr,
                     "batch_size": b.judge_batch_size, "pairs": train.height})  # fmt: skip
-    _, reported = launch_training(context, spec_, train, run, processes=b.judge_processes, launcher="torchrun",
-                                  torch_threads=s.torch_threads)  # fmt: skip
-    result = read_result(out)
+    result, reported = launch_training(context, spec_, train, run, processes=b.judge_processes, launcher="torchrun")
     curve = figure(run, plots.loss_curve(result["losses"], f"judge SFT ({spec.name})"), "loss", "loss_curve")
     return {"final_loss": result["losses"][-1], "train_seconds": round(result["seconds"], 1),
             "processes": result["world_size"], "reused_weights": reported.get("reused_weights", False), **curve}

@@ -143,8 +143,7 @@ def _train_out_of_process(
                               mlflow_tracking_uri=tracking_uri, mlflow_run_id=run.run_id,
                               trust_remote_code=remote_code_allowed(base))  # fmt: skip
     run.log_params({"total_steps": spec.steps, "total_warmup_steps": spec.warmup_steps})
-    return launch_training(context, spec, training_set, run, processes=section.processes, launcher=section.launcher,
-                           torch_threads=s.torch_threads)  # fmt: skip
+    return launch_training(context, spec, training_set, run, processes=section.processes, launcher=section.launcher)
 
 
 def launch_data_path(context: dg.AssetExecutionContext, s) -> Path:
@@ -153,7 +152,7 @@ def launch_data_path(context: dg.AssetExecutionContext, s) -> Path:
 
 
 def launch_training(context: dg.AssetExecutionContext, spec, rows: pl.DataFrame, run, *, processes: int,
-                    launcher: str, torch_threads: int) -> tuple[dict, dict]:  # fmt: skip
+                    launcher: str) -> tuple[dict, dict]:  # fmt: skip
     """Run `spec` (a training.launch.TrainSpec whose `training_set` is where `rows` go) on `processes`
     ranks (0: one per GPU, 1 on CPU) through Dagster Pipes; returns (train_result.json, Pipes metadata).
     A finished training of the same spec, base and rows is reused, not repeated."""
@@ -173,7 +172,7 @@ def launch_training(context: dg.AssetExecutionContext, spec, rows: pl.DataFrame,
     cmd = launch_command(spec_path, processes, launcher)
     run.log_params({"launch.processes": processes, "launch.command": shlex.join(cmd)})  # resolved
     context.log.info(f"launching {spec.task} training: {shlex.join(cmd)}")
-    invocation = dg.PipesSubprocessClient(env=launch_env(torch_threads)).run(
+    invocation = dg.PipesSubprocessClient(env=launch_env(spec.torch_threads)).run(
         command=cmd, context=context, extras={"spec": str(spec_path)}
     )
     reported: dict = {"reused_weights": False}
