@@ -100,3 +100,15 @@ def test_the_demo_departs_from_the_recipe_only_where_fidelity_md_says():
         "evaluation": {"image_size": None, "rerank_mode": "pairwise", "rerank_also": ["listwise"]},
     }
     assert "mining" not in demo and "retrieval" not in demo  # the paper's stage 1-3 values
+
+
+def test_the_retriever_bootstrap_uses_vlm2vecs_temperature_the_embedders(tmp_path):
+    """The embedded retriever stands in for VLM2Vec, trained with `--temperature 0.02` (its training
+    scripts), the embedder's τ: the demo's "embedder vs retriever" then differs in the loss only
+    (docs/fidelity.md note 4). The demo overrides neither."""
+    from unime_assets.config import BootstrapSettings
+    from unime_assets.embedded import SIZES
+
+    assert BootstrapSettings().retriever_temperature == EmbedderSettings().temperature == 0.02
+    demo = SIZES["demo"].overrides
+    assert "retriever_temperature" not in demo["bootstrap"] and "temperature" not in demo["embedder"]

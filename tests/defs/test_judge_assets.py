@@ -99,6 +99,19 @@ def test_each_judges_bootstrap_trains_on_the_configured_ranks_and_logs_every_ste
         assert len(shared) > 20 and any(not torch.equal(trained[k], base[k]) for k in shared)
 
 
+def test_the_retriever_bootstrap_trains_at_the_embedders_temperature(env):
+    """`retriever_model` trains its in-batch InfoNCE at `bootstrap.retriever_temperature` (VLM2Vec's 0.02,
+    the embedder's τ), as its MLflow run records."""
+    from mlflow import MlflowClient
+
+    from unime_assets.config import load_settings
+
+    s = load_settings(env["root"] / "settings.yaml")
+    meta = env["instance"].get_latest_materialization_event(dg.AssetKey("retriever_model")).asset_materialization.metadata
+    run = MlflowClient(f"sqlite:///{env['root'] / 'mlflow.db'}").get_run(meta["mlflow_run_id"].value)
+    assert float(run.data.params["temperature"]) == s.bootstrap.retriever_temperature == s.embedder.temperature == 0.02
+
+
 def test_each_judge_is_its_own_asset_scoring_the_same_pool(env):
     events = env["instance"].get_latest_materialization_event
     families = {n: events(dg.AssetKey(["judge_model", n])).asset_materialization.metadata["family"].value

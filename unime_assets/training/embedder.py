@@ -138,7 +138,7 @@ def train_retriever_infonce(
     out_dir: str | Path,
     engine_cfg: EngineConfig,
     *,
-    temperature: float = 0.05,
+    temperature: float = 0.02,
     seed: int = 0,
     log: StepLogger | None = None,
 ) -> TrainResult:
