@@ -52,6 +52,8 @@ def demo_table(dagster_home: Path, unime_home: Path) -> str:
     from unime_assets.data.catalog import get_catalog
     from unime_assets.evaluation import aggregate
 
+    # The instance's dagster.yaml names its storage through $DAGSTER_HOME: point it at the instance read.
+    os.environ["DAGSTER_HOME"] = str(Path(dagster_home).resolve())
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         def meta(key: str) -> dict:
             event = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))

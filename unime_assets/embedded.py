@@ -34,8 +34,8 @@ class EmbeddedSize:
     n_pretrain_images: int = 1500  # generative pretraining corpus of the tiny bases (2 examples per image)
 
 
-# The embedder's budget. The retriever bootstrap gets the same (steps, batch, lr, warmup) from the same
-# pretrained base, so "embedder vs retriever" compares the UniME-V2 loss with in-batch InfoNCE (the
+# The embedder's budget. The retriever bootstrap gets the same (steps, batch, lr, warmup; and τ: both 0.02)
+# from the same pretrained base, so "embedder vs retriever" compares the UniME-V2 loss with in-batch InfoNCE (the
 # VLM2Vec stand-in), not a longer training; it is also the ablation's `infonce_inbatch` budget.
 DEMO_TRAIN = {"steps": 120, "batch_size": 16, "lr": 5e-4, "warmup_steps": 10}
 TEST_TRAIN = {"steps": 3, "batch_size": 4, "lr": 5e-4, "warmup_steps": 1}

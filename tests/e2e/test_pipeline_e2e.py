@@ -4,6 +4,8 @@ unpartitioned rest of the graph consuming exactly those."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -137,6 +139,17 @@ def test_readme_numbers_regenerates_the_demo_table_from_the_instance(materialize
     row = text.split("\n| embedder |")[1].split("\n")[0]
     assert row.strip(" |").split("|")[-1].strip() == f"{100 * embedder:.1f}"  # overall: the mean over datasets
     assert subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=300).returncode == 0
+    # An instance folder as `make init` writes it (the project's dagster.yaml: storage under $DAGSTER_HOME),
+    # read with no DAGSTER_HOME in the environment: --dagster-home alone names it.
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(script.parents[1] / "dagster.yaml", home / "dagster.yaml")
+    for sub in (materialized["root"] / "dg").iterdir():
+        (home / sub.name).symlink_to(sub)
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    args[args.index("--dagster-home") + 1] = str(home)
+    check = subprocess.run([*args, "--check"], env=env, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -71,7 +71,7 @@ def pretrained_base(context: dg.AssetExecutionContext, settings: SettingsResourc
 
 @dg.asset(group_name="models", kinds={"pytorch", "deepspeed"}, deps=["pretrained_base"],
           description="Stage-1 retriever (VLM2Vec in the paper). Embedded default: in-batch InfoNCE from the "
-          "pretrained tiny base, with the embedder's budget (steps, batch, lr).")  # fmt: skip
+          "pretrained tiny base, with the embedder's budget (steps, batch, lr) and VLM2Vec's temperature (0.02).")  # fmt: skip
 def retriever_model(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.DataFrame],
                     settings: SettingsResource, mlflow: MlflowResource) -> dg.MaterializeResult:  # fmt: skip
     from unime_assets.training.data import retriever_pairs
