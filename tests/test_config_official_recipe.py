@@ -102,7 +102,7 @@ def test_the_demo_departs_from_the_recipe_only_where_fidelity_md_says():
     assert "mining" not in demo and "retrieval" not in demo  # the paper's stage 1-3 values
 
 
-def test_the_retriever_bootstrap_uses_vlm2vecs_temperature_the_embedders(tmp_path):
+def test_the_retriever_bootstrap_uses_vlm2vecs_temperature_the_embedders():
     """The embedded retriever stands in for VLM2Vec, trained with `--temperature 0.02` (its training
     scripts), the embedder's τ: the demo's "embedder vs retriever" then differs in the loss only
     (docs/fidelity.md note 4). The demo overrides neither."""

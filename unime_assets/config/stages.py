@@ -161,7 +161,7 @@ class BootstrapSettings(Strict):
     retriever_lr: float = 1e-3
     retriever_warmup_steps: int | None = None  # None: a tenth of the steps
     # VLM2Vec's `--temperature 0.02` (its training scripts), the embedder's τ too: "embedder vs retriever"
-    # then differs in the loss only (0.05 gave the tiny retriever ~8 points more; docs/fidelity.md note 4).
+    # then differs in the loss only (0.05 gave the tiny retriever ~7 points more; docs/fidelity.md note 4).
     retriever_temperature: float = 0.02
     judge_steps: int = 250
     judge_batch_size: int = 32
