@@ -71,7 +71,7 @@ def materialized(tmp_path_factory, embedded_home) -> dict:
            "DAGSTER_HOME": str(root / "dg"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
            "DAGSTER_UI_URL": f"http://127.0.0.1:{free_port()}", "MLFLOW_UI_URL": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
     cmd = [sys.executable, "-m", "unime_assets.cli", "materialize", "--train", ",".join(E2E_TRAIN),
-           "--eval", ",".join(E2E_EVAL)]  # fmt: skip
+           "--eval", ",".join(E2E_EVAL), "--summary"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return {"env": env, "root": root, "tables": root / "home" / "assets" / "tables", "log": proc.stdout,

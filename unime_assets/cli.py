@@ -127,7 +127,8 @@ def materialize(args: argparse.Namespace) -> int:
             print(f"[{duration(time.time() - t0):>6}] stage {i}/{len(plan)} {job_name} done in "
                   f"{duration(time.time() - stage_t0)}", flush=True)  # fmt: skip
     print(f"materialized in {duration(time.time() - t0)}")
-    return 0
+    # In this process: a separate `unime-assets summary` would import torch, transformers and Dagster again (~10 s).
+    return summary(args) if args.summary else 0
 
 
 def _keys_named(keys, names: list[str]) -> list:
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--train", help="comma-separated train partitions (default: all)")
     m.add_argument("--eval", help="comma-separated eval partitions (default: all)")
     m.add_argument("--assets", help=f"comma-separated subset of {ASSETS} (default: all, in dependency order)")
+    m.add_argument("--summary", action="store_true", help="then print what `unime-assets summary` prints (make demo)")
     m.set_defaults(func=materialize, needs_instance=True)
     s = sub.add_parser("summary", help="timing per stage, judge and mining quality over all partitions, the MMEB "
                        "report and the registered versions")  # fmt: skip
