@@ -36,7 +36,9 @@ RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # Stages whose steps form independent chains run them with the job's own executor (the models job's is
 # multiprocess: defs/automation.py), as a run launched from the UI does: the judge bootstraps while the
 # pretrained base and the retriever train (one torch thread each). Other stages are one chain, or share
-# the one-slot `gpu` pool, and run in this process (no step subprocess to start).
+# the one-slot `gpu` pool, and run in this process (no step subprocess to start); the mining runs, one per
+# train subset, go one after the other (a worker process per subset would import the code location again,
+# ~12 CPU-seconds each, for ~10 s of single-threaded judge scoring).
 PARALLEL_STAGES = {"models"}
 
 

@@ -67,7 +67,9 @@ SIZES: dict[str, EmbeddedSize] = {
             "bootstrap": {"enabled": True, "pretrain_steps": 300, "pretrain_batch_size": 32, "pretrain_lr": 1e-3,
                           **_retriever_budget(DEMO_TRAIN), "judge_steps": 1200, "judge_batch_size": 32,
                           "judge_lr": 1e-3, "judge_processes": 2},
-            "judging": {"batch_size": 64},
+            # No Dagster pool for the tiny judges' scoring: one CPU thread each, so two train subsets score at
+            # once (the ablation's workers, a UI backfill) instead of waiting for the one `gpu` slot.
+            "judging": {"batch_size": 64, "pool": None},
             # Small budgets (steps, batch, no accumulation), a larger lr and full fine-tuning of the tiny
             # models; every other choice is the official recipe's (config/ defaults: eps loss, 672x672
             # training images, HF linear / cosine schedules, the reranker's mask, prompt and slot draw).

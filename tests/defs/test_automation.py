@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +43,27 @@ def test_jobs_select_the_stages_with_retries_and_time_limits():
     assert automated == {"candidate_index", "candidate_pool", "judge_scores/qwen25vl", "judge_ensemble",
                          "mined_negatives"}  # fmt: skip
     assert graph.get(dg.AssetKey(["judge_scores", "qwen25vl"])).pools == {"gpu"}
+
+
+def test_the_judge_scores_pool_follows_the_profile(embedded_home, tmp_path):
+    """`judging.pool` is the judge_scores steps' Dagster pool, fixed when the code location loads: the demo
+    profile sets none (its tiny judges score two subsets at once), a profile without it keeps `gpu`. Loaded
+    in a fresh process, as Dagster loads a code location."""
+    from unime_assets.embedded import SIZES
+
+    assert SIZES["demo"].overrides["judging"]["pool"] is None and SIZES["ablation"].overrides["judging"]["pool"] is None
+    profile = yaml.safe_load((embedded_home / "settings.yaml").read_text())
+    probe = ("from unime_assets.definitions import defs; import dagster as dg; "
+             "print(sorted(defs.resolve_asset_graph().get(dg.AssetKey(['judge_scores', 'qwen25vl'])).pools))")  # fmt: skip
+    pools = {}
+    for name, pool in (("none", None), ("gpu", "gpu")):
+        profile["judging"] = {**profile.get("judging", {}), "pool": pool}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(profile))
+        env = {**os.environ, "UNIME_SETTINGS": str(path)}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        pools[name] = out.stdout.strip().splitlines()[-1]
+    assert pools == {"none": "[]", "gpu": "['gpu']"}
 
 
 def test_the_models_job_runs_its_steps_in_processes_and_the_others_in_process(monkeypatch):

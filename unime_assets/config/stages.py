@@ -103,6 +103,10 @@ class JudgeSettings(Strict):
     vllm_tensor_parallel_size: int = Field(1, ge=1)
     vllm_max_model_len: int | None = None
     vllm_max_num_seqs: int | None = None
+    # Dagster pool of the `judge_scores/<name>` steps (None: none). `gpu` (one slot unless raised) for judges
+    # that need a GPU to themselves; the embedded default's tiny judges score on one CPU thread (or a sliver
+    # of a GPU), so its partitions score side by side in a backfill or the ablation's workers.
+    pool: str | None = "gpu"
 
     def vllm_options(self) -> dict:
         """Keyword arguments for judging.vllm_backend.VllmJudge (None values left to vLLM's defaults)."""

@@ -11,24 +11,27 @@ so are the ablation's variants and seeds (`ablation_run[variant x seed]`).
 
 import dagster as dg
 
-from unime_assets.config import Settings, default_settings_file, load_settings
+from unime_assets.config import JudgeSettings, Settings, default_settings_file, load_settings
 from unime_assets.data.catalog import get_catalog
 
 DEFAULT_JUDGES = ["qwen25vl"]  # the embedded default's judge, before its settings file is written
 
 
-def _profile() -> tuple[list[str], list[str], list[str], list[str], list[int]]:
+def _profile() -> tuple[list[str], list[str], list[str], list[str], list[int], str | None]:
     from unime_assets.ablation import variant_names
 
     path = default_settings_file()
     if path.is_file():
         s = load_settings(path)
-        return s.train_subset_names, s.eval_subset_names, s.judge_names, variant_names(s), s.ablation.seeds
+        return (s.train_subset_names, s.eval_subset_names, s.judge_names, variant_names(s), s.ablation.seeds,
+                s.judging.pool)
     train, evals = get_catalog("synthetic")  # before `unime-assets build-default` has written the file
-    return list(train), list(evals), list(DEFAULT_JUDGES), ["infonce_inbatch", "infonce_mined", "unime_v2"], [1, 2, 3]
+    variants = ["infonce_inbatch", "infonce_mined", "unime_v2"]
+    return list(train), list(evals), list(DEFAULT_JUDGES), variants, [1, 2, 3], JudgeSettings().pool
 
 
-TRAIN_SUBSETS, EVAL_SUBSETS, JUDGES, ABLATION_VARIANTS, ABLATION_SEEDS = _profile()
+# JUDGE_POOL: the Dagster pool of the judge_scores steps (settings.judging.pool), fixed at load like the rest.
+TRAIN_SUBSETS, EVAL_SUBSETS, JUDGES, ABLATION_VARIANTS, ABLATION_SEEDS, JUDGE_POOL = _profile()
 train_partitions = dg.StaticPartitionsDefinition(TRAIN_SUBSETS)
 eval_partitions = dg.StaticPartitionsDefinition(EVAL_SUBSETS)
 # The ablation: one partition per (variant, seed); the variants and seeds of the profile (settings.ablation).

@@ -2,7 +2,7 @@
 
 `judge_scores/<name>[subset]`: one asset per judge of the profile, each separately materialized and
 resumable (shards keyed by the judge's fingerprint, family, prompt version and content) and each in
-the `gpu` pool. `judge_ensemble[subset]`: the judges' scores combined per (query, entry) by
+the Dagster pool `judging.pool` names (`gpu` by default; none on the embedded default). `judge_ensemble[subset]`: the judges' scores combined per (query, entry) by
 `ensemble.rule`, with how far the judges agree in its metadata and MLflow run. `mined_negatives` reads
 the scores `mining.judge` names (`scores_for_mining`): one judge's, or the ensemble's.
 """
@@ -14,7 +14,7 @@ import polars as pl
 from unime_assets.config import ENSEMBLE, Settings
 from unime_assets.defs.assets._common import TRAIN_ITEMS, naming_rows, run_metadata, upstream_run_ids
 from unime_assets.defs.metadata import figure, readable, table
-from unime_assets.defs.partitions import JUDGES, check_partition, judge_key, train_partitions
+from unime_assets.defs.partitions import JUDGE_POOL, JUDGES, check_partition, judge_key, train_partitions
 from unime_assets.defs.resources import MlflowResource, SettingsResource
 from unime_assets.tracking import plots
 
@@ -28,7 +28,7 @@ def scores_input(name: str) -> str:
 
 def judge_scores_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(key=judge_key("judge_scores", name), group_name="mining", kinds={"pytorch", "polars"},
-              partitions_def=train_partitions, deps=[judge_key("judge_model", name)], pool="gpu",
+              partitions_def=train_partitions, deps=[judge_key("judge_model", name)], pool=JUDGE_POOL,
               description=f"Judge {name!r}: score e^yes/(e^yes+e^no) for (query, positive) and every (query, "
               "candidate); written in resumable shards keyed by the judge, its family, the prompt version and content.")  # fmt: skip
     def _judge_scores(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, candidate_pool: pl.DataFrame,
