@@ -38,18 +38,21 @@ help:
 	@echo "make lint  - ruff"
 
 # uv (pinned in constraints.txt) installs the stack: downloads, installs and byte-compiles in parallel
-# (measured on 2 cores: torch 15 s vs pip's 36 s, the ~190 other pins 36 s vs pip's 127 s, the same package
-# set). torch first and alone, from the links pip is configured with when there are any (the pinned 2.13.0
-# is a local CPU build on this project's machines; uv does not read pip's configuration), so nothing else
-# can pull a CUDA torch; the second step keeps it, as it satisfies the pin. Compiled bytecode because uv
-# skips it by default and every process (each Dagster step, each torchrun rank) would then compile its
-# imports again where PYTHONDONTWRITEBYTECODE is set (it is on this project's machines).
+# (measured on 2 cores: the ~190 pins other than torch 36 s vs pip's 127 s, the same package set). torch
+# first and alone, so nothing else can pull a CUDA build: the pinned 2.13.0 is a local CPU wheel on this
+# project's machines, found through pip's find-links ($PIP_FIND_LINKS, else pip's global.find-links), which
+# uv gets passed (it reads no pip configuration; torch 15 s vs pip's 36 s). Without find-links pip installs
+# torch, with whatever index it is configured for. The last step keeps that torch, as it satisfies the pin.
+# Compiled bytecode because uv skips it by default and every process (each Dagster step, each torchrun
+# rank) would then compile its imports again where PYTHONDONTWRITEBYTECODE is set (it is here).
 UV_PIP = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt uv 2>&1 | $(QUIET_PIP)
-	links="$${PIP_FIND_LINKS:-$$($(BIN)/pip config get global.find-links 2>/dev/null || true)}"; \
-	$(UV_PIP) $$(for l in $$links; do printf -- '--find-links %s ' "$$l"; done) torch==2.13.0
+	set -f; links="$${PIP_FIND_LINKS:-$$($(BIN)/pip config get global.find-links 2>/dev/null || true)}"; \
+	if [ -n "$$links" ]; then $(UV_PIP) $$(for l in $$links; do printf -- '--find-links %s ' "$$l"; done) torch==2.13.0; \
+	else $(BIN)/pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP); fi
+	@$(BIN)/python -c 'import importlib.metadata as m; print("installed torch", m.version("torch"))'
 	$(UV_PIP) -e '.[dev]'
 	$(BIN)/pip check
 	touch $@

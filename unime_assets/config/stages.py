@@ -106,7 +106,7 @@ class JudgeSettings(Strict):
     # Dagster pool of the `judge_scores/<name>` steps (None: none). `gpu` (one slot unless raised) for judges
     # that need a GPU to themselves; the embedded default's tiny judges score on one CPU thread (or a sliver
     # of a GPU), so its partitions score side by side in a backfill or the ablation's workers.
-    pool: str | None = "gpu"
+    pool: str | None = Field("gpu", min_length=1)
 
     def vllm_options(self) -> dict:
         """Keyword arguments for judging.vllm_backend.VllmJudge (None values left to vLLM's defaults)."""

@@ -14,7 +14,7 @@ How a change of MMEB-train data reaches the mined negatives:
    conditions can: `candidate_index` refreshes when any `mmeb_train` partition (or the retriever)
    updates, and once it is rebuilt every mining partition whose `mmeb_train` partition exists runs
    eagerly (a new subset included). Subsets never read stay untouched.
-   The `gpu` pool bounds how many judge steps run at once.
+   The pool `judging.pool` names (`gpu` by default) bounds how many judge steps run at once.
 3. The sensor `evaluate_new_embedder` polls the MLflow registry for `unime-v2-embedder` versions newer
    than its cursor and requests an `evaluate` run per version, tagged with the version and its URI.
 
