@@ -2,8 +2,9 @@
 
 `judge_scores/<name>[subset]`: one asset per judge of the profile, each separately materialized and
 resumable (shards keyed by the judge's fingerprint, family, prompt version and content) and each in
-the Dagster pool `judging.pool` names (`gpu` by default; none on the embedded default). `judge_ensemble[subset]`: the judges' scores combined per (query, entry) by
-`ensemble.rule`, with how far the judges agree in its metadata and MLflow run. `mined_negatives` reads
+the Dagster pool `judging.pool` names (`gpu` by default; none on the embedded default).
+`judge_ensemble[subset]`: the judges' scores combined per (query, entry) by `ensemble.rule`, with how
+far the judges agree in its metadata and MLflow run. `mined_negatives` reads
 the scores `mining.judge` names (`scores_for_mining`): one judge's, or the ensemble's.
 """
 
