@@ -7,6 +7,7 @@ from the project's `.env` (written by `make install`, see project_env.py)."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -36,10 +37,13 @@ RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # Stages whose steps form independent chains run them with the job's own executor (the models job's is
 # multiprocess: defs/automation.py), as a run launched from the UI does: the judge bootstraps while the
 # pretrained base and the retriever train (one torch thread each). Other stages are one chain, or share
-# the one-slot `gpu` pool, and run in this process (no step subprocess to start); the mining runs, one per
-# train subset, go one after the other (a worker process per subset would import the code location again,
-# ~12 CPU-seconds each, for ~10 s of single-threaded judge scoring).
+# the one-slot `gpu` pool, and run in this process (no step subprocess to start).
 PARALLEL_STAGES = {"models"}
+# Partitioned stages whose runs go side by side in `--workers` processes (this one and spawned workers, each
+# taking the next partition when free), like a backfill's runs: the mining chain of a subset runs on one
+# torch thread, so a second process uses the second core. Not the ingest stages: a spawned worker imports the
+# code location (~10 CPU-s) to save ~1 s per partition.
+WORKER_STAGES = {"mine"}
 
 
 def stage_job(job_name: str):
@@ -98,34 +102,34 @@ def materialize(args: argparse.Namespace) -> int:
         for i, (kind, job_name, names) in enumerate(plan, 1):
             keys = parts[kind] if kind else [None]
             job = defs.resolve_job_def(job_name)
+            side_by_side = min(args.workers, len(keys)) if kind and job_name in WORKER_STAGES else 1
             typical = typical_run_seconds(instance, job_name)
-            expect = f"ETA {duration(typical * len(keys))} from earlier runs" if typical else "no earlier run to time"
+            rounds = math.ceil(len(keys) / side_by_side)  # runs one after the other in the stage
+            expect = f"ETA {duration(typical * rounds)} from earlier runs" if typical else "no earlier run to time"
             print(f"[{duration(time.time() - t0):>6}] stage {i}/{len(plan)} {job_name}: {', '.join(names)}"
-                  + (f" x {len(keys)} {kind} partitions" if kind else "") + f"; {expect}", flush=True)  # fmt: skip
+                  + (f" x {len(keys)} {kind} partitions" if kind else "")
+                  + (f" in {side_by_side} processes" if side_by_side > 1 else "") + f"; {expect}", flush=True)  # fmt: skip
             stage_t0 = time.time()
-            for done, key in enumerate(keys, 1):
-                tags = {"unime/assets": ",".join(names), "unime/launched_by": "unime-assets materialize"}
-                selection = _keys_named(all_keys, names)
-                if key is None and job_name in PARALLEL_STAGES:
-                    recon = dg.build_reconstructable_job("unime_assets.cli", "stage_job", (job_name,))
-                    with dg.execute_job(recon, instance, run_config=RUN_CONFIG, tags=tags,
-                                        asset_selection=selection) as result:  # fmt: skip
-                        ok, run_id = result.success, result.run_id
-                else:
-                    result = job.execute_in_process(
-                        instance=instance, partition_key=key, asset_selection=selection,
-                        tags=tags, run_config=RUN_CONFIG, raise_on_error=False,
-                    )  # fmt: skip
-                    ok, run_id = result.success, result.run_id
-                label = f"{job_name}" + (f"[{key}]" if key else "")
-                if not ok:
-                    print(f"FAILED: {label} (run {run_id}); its log is above and in the Dagster UI",
-                          file=sys.stderr)  # fmt: skip
-                    return 1
-                if kind:
-                    per_run = (time.time() - stage_t0) / done
-                    print(f"[{duration(time.time() - t0):>6}] stage {i}/{len(plan)} {job_name}: {done}/{len(keys)} "
-                          f"partitions ({key} done), ETA {duration(per_run * (len(keys) - done))}", flush=True)  # fmt: skip
+            tags = {"unime/assets": ",".join(names), "unime/launched_by": "unime-assets materialize"}
+            selection = _keys_named(all_keys, names)
+            report = _StageProgress(f"stage {i}/{len(plan)} {job_name}", job_name, len(keys) if kind else 0, t0)
+            if side_by_side > 1:
+                ok = _partitions_side_by_side(job, names, selection, keys, tags, instance, side_by_side, report)
+            else:
+                ok = True
+                for key in keys:
+                    if key is None and job_name in PARALLEL_STAGES:
+                        recon = dg.build_reconstructable_job("unime_assets.cli", "stage_job", (job_name,))
+                        with dg.execute_job(recon, instance, run_config=RUN_CONFIG, tags=tags,
+                                            asset_selection=selection) as result:  # fmt: skip
+                            ok, run_id = result.success, result.run_id
+                    else:
+                        ok, run_id = _run_partition(job, selection, key, tags, instance)
+                    report(key, ok, run_id)
+                    if not ok:
+                        break
+            if not ok:
+                return 1
             print(f"[{duration(time.time() - t0):>6}] stage {i}/{len(plan)} {job_name} done in "
                   f"{duration(time.time() - stage_t0)}", flush=True)  # fmt: skip
     print(f"materialized in {duration(time.time() - t0)}")
@@ -136,6 +140,84 @@ def materialize(args: argparse.Namespace) -> int:
 def _keys_named(keys, names: list[str]) -> list:
     """The asset keys of `names`: `judge_scores` is every `judge_scores/<judge>`."""
     return sorted((k for k in keys if k.path[0] in names), key=lambda k: (names.index(k.path[0]), k.path))
+
+
+class _StageProgress:
+    """Prints a failed run, and each finished partition with the stage's ETA; called after every run."""
+
+    def __init__(self, label: str, job_name: str, n_partitions: int, t0: float) -> None:
+        self.label, self.job_name, self.n, self.t0 = label, job_name, n_partitions, t0
+        self.stage_t0, self.finished = time.time(), 0
+
+    def __call__(self, key: str | None, ok: bool, run_id: str) -> None:
+        from unime_assets.defs.summary import duration
+
+        if not ok:
+            run = self.job_name + (f"[{key}]" if key else "")
+            print(f"FAILED: {run} (run {run_id}); its log is above and in the Dagster UI", file=sys.stderr)
+        elif self.n:
+            self.finished += 1
+            eta = (time.time() - self.stage_t0) / self.finished * (self.n - self.finished)
+            print(f"[{duration(time.time() - self.t0):>6}] {self.label}: {self.finished}/{self.n} partitions "
+                  f"({key} done), ETA {duration(eta)}", flush=True)  # fmt: skip
+
+
+def _run_partition(job, selection: list, key: str | None, tags: dict[str, str], instance) -> tuple[bool, str]:
+    result = job.execute_in_process(instance=instance, partition_key=key, asset_selection=selection, tags=tags,
+                                    run_config=RUN_CONFIG, raise_on_error=False)  # fmt: skip
+    return result.success, result.run_id
+
+
+def _worker_run_partition(job_name: str, names: list[str], key: str, tags: dict[str, str]) -> tuple[bool, str]:
+    """One partition's run of a stage in a spawned worker (imports the code location once per worker)."""
+    import dagster as dg
+
+    from unime_assets.definitions import defs
+
+    selection = _keys_named(defs.resolve_asset_graph().get_all_asset_keys(), names)
+    with dg.DagsterInstance.get() as instance:
+        return _run_partition(defs.resolve_job_def(job_name), selection, key, tags, instance)
+
+
+def _partitions_side_by_side(job, names: list[str], selection: list, keys: list[str], tags: dict[str, str],
+                             instance, processes: int, report) -> bool:  # fmt: skip
+    """The stage's partition runs in this process and `processes - 1` spawned workers, each taking the next
+    partition when free; `report(key, ok, run_id)` after each. After a failure no new partition starts;
+    the runs under way finish. True when every run succeeded."""
+    import concurrent.futures
+    import multiprocessing
+    import threading
+
+    todo, lock, failed = list(keys), threading.Lock(), []
+
+    def take() -> str | None:
+        with lock:
+            return None if failed or not todo else todo.pop(0)
+
+    def done(key: str, ok: bool, run_id: str) -> None:
+        with lock:
+            if not ok:
+                failed.append(key)
+            report(key, ok, run_id)
+
+    def feed(pool: concurrent.futures.Executor) -> None:  # a thread that keeps one worker busy
+        while (key := take()) is not None:
+            try:
+                ok, run_id = pool.submit(_worker_run_partition, job.name, names, key, tags).result()
+            except Exception as exc:  # a worker that died: reported like a failed run
+                ok, run_id = False, f"worker error: {exc!r}"
+            done(key, ok, run_id)
+
+    ctx = multiprocessing.get_context("spawn")  # fresh workers: no torch / Dagster state forked
+    with concurrent.futures.ProcessPoolExecutor(max_workers=processes - 1, mp_context=ctx) as pool:
+        feeders = [threading.Thread(target=feed, args=(pool,), daemon=True) for _ in range(processes - 1)]
+        for thread in feeders:
+            thread.start()
+        while (key := take()) is not None:
+            done(key, *_run_partition(job, selection, key, tags, instance))
+        for thread in feeders:
+            thread.join()
+    return not failed
 
 
 def summary(args: argparse.Namespace) -> int:
@@ -291,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--eval", help="comma-separated eval partitions (default: all)")
     m.add_argument("--assets", help=f"comma-separated subset of {ASSETS} (default: all, in dependency order)")
     m.add_argument("--summary", action="store_true", help="then print what `unime-assets summary` prints (make demo)")
+    m.add_argument("--workers", type=int, default=2, help="processes running the mining stage's partitions side by "
+                   "side (default 2: one torch thread each on a 2-core machine; 1: one after the other here)")
     m.set_defaults(func=materialize, needs_instance=True)
     s = sub.add_parser("summary", help="timing per stage, judge and mining quality over all partitions, the MMEB "
                        "report and the registered versions")  # fmt: skip

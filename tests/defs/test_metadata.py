@@ -64,3 +64,12 @@ def test_version_description_says_data_judge_and_is_updated_with_the_mmeb_overal
     assert once.count(MMEB_MARKER) == twice.count(MMEB_MARKER) == 1
     assert "overall Precision@1 25.2 % over 11" in once
     assert "30.0 % over 3 eval subset(s) (partial evaluation)" in twice and "24 queries" in twice
+
+
+def test_a_stages_wall_time_counts_side_by_side_runs_once():
+    from unime_assets.defs.summary import _covered_seconds
+
+    assert _covered_seconds([(0.0, 10.0), (10.5, 20.0)]) == pytest.approx(19.5)  # one after the other
+    assert _covered_seconds([(0.0, 10.0), (2.0, 12.0), (12.0, 15.0)]) == pytest.approx(15.0)  # side by side
+    assert _covered_seconds([(5.0, 6.0), (0.0, 10.0)]) == pytest.approx(10.0)  # one inside another
+    assert _covered_seconds([]) == 0.0

@@ -5,7 +5,9 @@ numeric materialization metadata value, every MLflow metric, every stored table,
 
 Only the wall-clock measurements differ (seconds, rates), and paths (another home): both are left out of
 the comparison by name. One torch thread per process (Settings.torch_threads, the default) is what makes
-this hold: the thread count changes CPU reduction order, hence the last digits.
+this hold: the thread count changes CPU reduction order, hence the last digits. The second run mines its
+subsets one after the other in one process, the first side by side in two (the CLI's default), so the
+comparison also pins that the process a partition runs in does not change a number.
 """
 
 from __future__ import annotations
@@ -102,8 +104,10 @@ def second_run(materialized, tmp_path_factory) -> dict:
     (root / "dg").mkdir()
     env = {**os.environ, "UNIME_HOME": str(root / "home"), "UNIME_SETTINGS": str(root / "settings.yaml"),
            "DAGSTER_HOME": str(root / "dg"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}  # fmt: skip
+    # One process for every partition here, where the session's run mined its two subsets side by side
+    # (the CLI's default --workers 2): the numbers must not depend on which process ran a partition.
     cmd = [sys.executable, "-m", "unime_assets.cli", "materialize", "--train", ",".join(materialized["train"]),
-           "--eval", ",".join(materialized["eval"])]  # fmt: skip
+           "--eval", ",".join(materialized["eval"]), "--workers", "1"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return {"env": env, "root": root, "tables": root / "home" / "assets" / "tables", "artifacts": root / "assets"}

@@ -135,9 +135,20 @@ def assets_section(instance: dg.DagsterInstance, assets: Sequence[str]) -> tuple
     return lines, missing
 
 
+def _covered_seconds(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one (start, end) span: a stage's wall time whether its runs went one
+    after the other or side by side (a backfill, `materialize --workers`)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def timing_section(instance: dg.DagsterInstance, assets: Sequence[str]) -> str:
     """Wall time of the runs behind the current materializations, per job (stage), in graph order, with
-    each asset's step time and the slowest run."""
+    each asset's step time (summed over the stage's runs) and the slowest run."""
     run_ids: set[str] = set()
     for name in assets:
         parts = instance.get_materialized_partitions(dg.AssetKey.from_user_string(name))
@@ -166,7 +177,7 @@ def timing_section(instance: dg.DagsterInstance, assets: Sequence[str]) -> str:
         slow = max(records, key=lambda r: walls[r.dagster_run.run_id])
         slow_part = slow.dagster_run.tags.get("dagster/partition")
         label = "ad hoc (no named job)" if job.startswith("__") else job  # e.g. `dagster asset materialize`
-        rows.append((label, len(records), duration(sum(walls.values())),
+        rows.append((label, len(records), duration(_covered_seconds([(r.start_time, r.end_time) for r in records])),
                      ", ".join(f"{k} {duration(v)}" for k, v in steps.items() if v >= 0.5) or "-",
                      f"{slow_part} {duration(walls[slow.dagster_run.run_id])}" if slow_part and len(records) > 1 else "-"))  # fmt: skip
     return text_table(["stage (job)", "runs", "wall", "time per asset (steps)", "slowest partition"], rows)
