@@ -7,10 +7,12 @@ from the project's `.env` (written by `make install`, see project_env.py)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 
 from unime_assets.project_env import init_project, instance_problem, load_env_file
 from unime_assets.quiet import install as quiet_logs
@@ -114,7 +116,9 @@ def materialize(args: argparse.Namespace) -> int:
             selection = _keys_named(all_keys, names)
             report = _StageProgress(f"stage {i}/{len(plan)} {job_name}", job_name, len(keys) if kind else 0, t0)
             if side_by_side > 1:
-                ok = _partitions_side_by_side(job, names, selection, keys, tags, instance, side_by_side, report)
+                ok = _partitions_side_by_side(
+                    keys, side_by_side, functools.partial(_run_partition, job, selection, tags=tags, instance=instance),
+                    functools.partial(_worker_run_partition, job_name, names, tags), report)  # fmt: skip
             else:
                 ok = True
                 for key in keys:
@@ -124,7 +128,7 @@ def materialize(args: argparse.Namespace) -> int:
                                             asset_selection=selection) as result:  # fmt: skip
                             ok, run_id = result.success, result.run_id
                     else:
-                        ok, run_id = _run_partition(job, selection, key, tags, instance)
+                        ok, run_id = _run_partition(job, selection, key, tags=tags, instance=instance)
                     report(key, ok, run_id)
                     if not ok:
                         break
@@ -162,13 +166,13 @@ class _StageProgress:
                   f"({key} done), ETA {duration(eta)}", flush=True)  # fmt: skip
 
 
-def _run_partition(job, selection: list, key: str | None, tags: dict[str, str], instance) -> tuple[bool, str]:
+def _run_partition(job, selection: list, key: str | None, *, tags: dict[str, str], instance) -> tuple[bool, str]:
     result = job.execute_in_process(instance=instance, partition_key=key, asset_selection=selection, tags=tags,
                                     run_config=RUN_CONFIG, raise_on_error=False)  # fmt: skip
     return result.success, result.run_id
 
 
-def _worker_run_partition(job_name: str, names: list[str], key: str, tags: dict[str, str]) -> tuple[bool, str]:
+def _worker_run_partition(job_name: str, names: list[str], tags: dict[str, str], key: str) -> tuple[bool, str]:
     """One partition's run of a stage in a spawned worker (imports the code location once per worker)."""
     import dagster as dg
 
@@ -176,14 +180,14 @@ def _worker_run_partition(job_name: str, names: list[str], key: str, tags: dict[
 
     selection = _keys_named(defs.resolve_asset_graph().get_all_asset_keys(), names)
     with dg.DagsterInstance.get() as instance:
-        return _run_partition(defs.resolve_job_def(job_name), selection, key, tags, instance)
+        return _run_partition(defs.resolve_job_def(job_name), selection, key, tags=tags, instance=instance)
 
 
-def _partitions_side_by_side(job, names: list[str], selection: list, keys: list[str], tags: dict[str, str],
-                             instance, processes: int, report) -> bool:  # fmt: skip
-    """The stage's partition runs in this process and `processes - 1` spawned workers, each taking the next
-    partition when free; `report(key, ok, run_id)` after each. After a failure no new partition starts;
-    the runs under way finish. True when every run succeeded."""
+def _partitions_side_by_side(keys: list[str], processes: int, run_here: Callable[[str], tuple[bool, str]],
+                             run_in_worker: Callable[[str], tuple[bool, str]], report) -> bool:  # fmt: skip
+    """Partition runs in this process (`run_here`) and in `processes - 1` spawned workers (`run_in_worker`,
+    picklable), each taking the next partition when free; `report(key, ok, run_id)` after each. After a
+    failure no new partition starts; the runs under way finish. True when every run succeeded."""
     import concurrent.futures
     import multiprocessing
     import threading
@@ -203,7 +207,7 @@ def _partitions_side_by_side(job, names: list[str], selection: list, keys: list[
     def feed(pool: concurrent.futures.Executor) -> None:  # a thread that keeps one worker busy
         while (key := take()) is not None:
             try:
-                ok, run_id = pool.submit(_worker_run_partition, job.name, names, key, tags).result()
+                ok, run_id = pool.submit(run_in_worker, key).result()
             except Exception as exc:  # a worker that died: reported like a failed run
                 ok, run_id = False, f"worker error: {exc!r}"
             done(key, ok, run_id)
@@ -213,10 +217,14 @@ def _partitions_side_by_side(job, names: list[str], selection: list, keys: list[
         feeders = [threading.Thread(target=feed, args=(pool,), daemon=True) for _ in range(processes - 1)]
         for thread in feeders:
             thread.start()
-        while (key := take()) is not None:
-            done(key, *_run_partition(job, selection, key, tags, instance))
-        for thread in feeders:
-            thread.join()
+        try:
+            while (key := take()) is not None:
+                done(key, *run_here(key))
+        finally:  # also on an exception here (Ctrl-C): the workers start nothing new
+            with lock:
+                todo.clear()
+            for thread in feeders:
+                thread.join()
     return not failed
 
 
@@ -355,6 +363,13 @@ def _latest_report_path() -> str | None:
     return str(meta["ablation_json"].value) if "ablation_json" in meta else None
 
 
+def _at_least_one(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1 process")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="unime-assets", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -373,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--eval", help="comma-separated eval partitions (default: all)")
     m.add_argument("--assets", help=f"comma-separated subset of {ASSETS} (default: all, in dependency order)")
     m.add_argument("--summary", action="store_true", help="then print what `unime-assets summary` prints (make demo)")
-    m.add_argument("--workers", type=int, default=2, help="processes running the mining stage's partitions side by "
+    m.add_argument("--workers", type=_at_least_one, default=2, help="processes running the mining stage's partitions side by "
                    "side (default 2: one torch thread each on a 2-core machine; 1: one after the other here)")
     m.set_defaults(func=materialize, needs_instance=True)
     s = sub.add_parser("summary", help="timing per stage, judge and mining quality over all partitions, the MMEB "
@@ -385,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(func=recover, needs_instance=True)
     a = sub.add_parser("ablate", help="the ablation job: every (variant, seed) run of the profile and ablation_report; "
                        "prints `ablation report: <path to ablation.json>` last")
-    a.add_argument("--workers", type=int, default=2, help="processes running Dagster runs in parallel (default 2: "
+    a.add_argument("--workers", type=_at_least_one, default=2, help="processes running Dagster runs in parallel (default 2: "
                    "one torch thread each on a 2-core machine)")
     a.add_argument("--variants", help="comma-separated variants (default: every variant of the profile)")
     a.add_argument("--seeds", help="comma-separated seeds (default: the profile's ablation.seeds)")
