@@ -75,7 +75,7 @@ def build_default(args: argparse.Namespace) -> int:
 def _partition_list(value: str | None, known: list[str], kind: str) -> list[str]:
     if not value:
         return list(known)
-    names = [v.strip() for v in value.split(",") if v.strip()]
+    names = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))  # a repeat runs once
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"unknown {kind} partition(s) {unknown}; the code location has {known}")
@@ -104,7 +104,7 @@ def materialize(args: argparse.Namespace) -> int:
         for i, (kind, job_name, names) in enumerate(plan, 1):
             keys = parts[kind] if kind else [None]
             job = defs.resolve_job_def(job_name)
-            side_by_side = min(args.workers, len(keys)) if kind and job_name in WORKER_STAGES else 1
+            side_by_side = max(1, min(args.workers, len(keys))) if kind and job_name in WORKER_STAGES else 1
             typical = typical_run_seconds(instance, job_name)
             rounds = math.ceil(len(keys) / side_by_side)  # runs one after the other in the stage
             expect = f"ETA {duration(typical * rounds)} from earlier runs" if typical else "no earlier run to time"
@@ -116,6 +116,7 @@ def materialize(args: argparse.Namespace) -> int:
             selection = _keys_named(all_keys, names)
             report = _StageProgress(f"stage {i}/{len(plan)} {job_name}", job_name, len(keys) if kind else 0, t0)
             if side_by_side > 1:
+                _create_stores()  # before a second process can create them (see the function)
                 ok = _partitions_side_by_side(
                     keys, side_by_side, functools.partial(_run_partition, job, selection, tags=tags, instance=instance),
                     functools.partial(_worker_run_partition, job_name, names, tags), report)  # fmt: skip
@@ -191,6 +192,7 @@ def _partitions_side_by_side(keys: list[str], processes: int, run_here: Callable
     import concurrent.futures
     import multiprocessing
     import threading
+    import traceback
 
     todo, lock, failed = list(keys), threading.Lock(), []
 
@@ -208,12 +210,17 @@ def _partitions_side_by_side(keys: list[str], processes: int, run_here: Callable
         while (key := take()) is not None:
             try:
                 ok, run_id = pool.submit(run_in_worker, key).result()
-            except Exception as exc:  # a worker that died: reported like a failed run
-                ok, run_id = False, f"worker error: {exc!r}"
+            except BaseException as exc:  # a worker that died or was interrupted: a failed run
+                traceback.print_exception(exc)
+                ok, run_id = False, f"worker error: {exc!r}; `unime-assets recover` closes a run it left open"
             done(key, ok, run_id)
 
     ctx = multiprocessing.get_context("spawn")  # fresh workers: no torch / Dagster state forked
     with concurrent.futures.ProcessPoolExecutor(max_workers=processes - 1, mp_context=ctx) as pool:
+        # The workers start now, before this process's first run: a process started during a run would
+        # inherit the output Dagster captures for that run.
+        for started in [pool.submit(os.getpid) for _ in range(processes - 1)]:
+            started.result()
         feeders = [threading.Thread(target=feed, args=(pool,), daemon=True) for _ in range(processes - 1)]
         for thread in feeders:
             thread.start()
@@ -364,7 +371,10 @@ def _latest_report_path() -> str | None:
 
 
 def _at_least_one(value: str) -> int:
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of processes") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"{value}: at least 1 process")
     return n

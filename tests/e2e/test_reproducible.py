@@ -110,7 +110,8 @@ def second_run(materialized, tmp_path_factory) -> dict:
            "--eval", ",".join(materialized["eval"]), "--workers", "1"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return {"env": env, "root": root, "tables": root / "home" / "assets" / "tables", "artifacts": root / "assets"}
+    return {"env": env, "root": root, "tables": root / "home" / "assets" / "tables", "artifacts": root / "assets",
+            "log": proc.stdout}
 
 
 def _same(a: dict, b: dict, what: str) -> None:
@@ -126,6 +127,9 @@ def test_same_seed_same_numbers_in_two_fresh_homes(materialized, second_run, emb
     second = {"dg": second_run["root"] / "dg", "uri": second_run["env"]["MLFLOW_TRACKING_URI"],
               "tables": second_run["tables"], "artifacts": second_run["artifacts"]}  # fmt: skip
 
+    # the two runs mined their subsets in two processes and in one (see second_run)
+    assert "mine: " in materialized["log"] and "partitions in 2 processes" in materialized["log"]
+    assert "mine: " in second_run["log"] and "in 2 processes" not in second_run["log"]
     meta_a, meta_b = metadata_numbers(first["dg"]), metadata_numbers(second["dg"])
     _same(meta_a, meta_b, "materialization metadata")
     # the comparison covers what matters: the report's P@1, the judge's AUC, losses, mined statistics
