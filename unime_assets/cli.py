@@ -119,7 +119,7 @@ def materialize(args: argparse.Namespace) -> int:
                 _create_stores()  # before a second process can create them (see the function)
                 ok = _partitions_side_by_side(
                     keys, side_by_side, functools.partial(_run_partition, job, selection, tags=tags, instance=instance),
-                    functools.partial(_worker_run_partition, job_name, names, tags), report)  # fmt: skip
+                    functools.partial(_worker_run_partition, job_name, selection, tags), report)  # fmt: skip
             else:
                 ok = True
                 for key in keys:
@@ -173,13 +173,12 @@ def _run_partition(job, selection: list, key: str | None, *, tags: dict[str, str
     return result.success, result.run_id
 
 
-def _worker_run_partition(job_name: str, names: list[str], tags: dict[str, str], key: str) -> tuple[bool, str]:
+def _worker_run_partition(job_name: str, selection: list, tags: dict[str, str], key: str) -> tuple[bool, str]:
     """One partition's run of a stage in a spawned worker (imports the code location once per worker)."""
     import dagster as dg
 
     from unime_assets.definitions import defs
 
-    selection = _keys_named(defs.resolve_asset_graph().get_all_asset_keys(), names)
     with dg.DagsterInstance.get() as instance:
         return _run_partition(defs.resolve_job_def(job_name), selection, key, tags=tags, instance=instance)
 
