@@ -149,3 +149,41 @@ def test_two_concurrent_runs_with_dagster_and_mlflow_on_postgres(
         r.info.status == "FINISHED" and r.data.tags["dagster.asset_key"] == "mmeb_train" for r in mruns
     )
     print(f"two runs on Postgres, overlapping in time: {overlap}")
+
+
+@needs_server
+def test_runs_starting_at_once_agree_on_the_experiment_and_its_tags(pg_databases):
+    """Eight runs starting at the same moment, on experiments that are new or lack a tag: the later inserts
+    hit a unique key (MLflow's SQL store writes a tag as read-then-insert). Before the fix this failed
+    with UniqueViolation on the experiment's name and on its tags, as CI once did in the test above
+    (51 of 160 tag writes on pre-created experiments). Every call must return the one experiment, tags set."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from unime_assets.tracking import ensure_experiment
+
+    uri = pg_databases["mlflow"].replace("postgresql://", "postgresql+psycopg2://", 1)
+    tags = {"project": "unime-assets", "stage": "test"}
+    ensure_experiment(uri, "schema-first")  # migrations once, as `unime-assets materialize` does
+    for i in range(20):
+        name = f"exp-{i}"
+        if i % 2:
+            ensure_experiment(uri, name)  # exists without the tags (an older release made it)
+        barrier, ids, errors = threading.Barrier(8), [], []
+
+        def start(name=name, barrier=barrier, ids=ids, errors=errors):
+            barrier.wait()
+            try:
+                ids.append(ensure_experiment(uri, name, tags=tags))
+            except Exception as e:  # noqa: BLE001 - collected and shown by the assertion
+                errors.append(repr(e)[:300])
+
+        threads = [threading.Thread(target=start) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        assert len(set(ids)) == 1
+        assert {k: v for k, v in MlflowClient(tracking_uri=uri).get_experiment(ids[0]).tags.items() if k in tags} == tags

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from unime_assets.tracking import plots
 
@@ -38,11 +39,29 @@ def ensure_experiment(
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-        return client.create_experiment(name, artifact_location=location, tags=wanted)
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=wanted)
+        except MlflowException:
+            # Another run's process created it between our lookup and our insert (two runs starting at
+            # once on a shared Postgres store); anything else finds no experiment and is raised.
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
     for k, v in wanted.items():
         if exp.tags.get(k) != v:
-            client.set_experiment_tag(exp.experiment_id, k, v)
+            _set_experiment_tag(client, exp.experiment_id, k, v)
     return exp.experiment_id
+
+
+def _set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, value: str) -> None:
+    """MLflow's SQL store writes a tag as read-then-insert: when two runs add the same missing tag at once,
+    the later insert fails on the primary key (Postgres: UniqueViolation). Then the row exists; read it
+    back, and write once more only if the other writer left a different value (an update this time)."""
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
 
 
 # The UI's query parameter for its classic view; without it a first visit lands in the GenAI view.
