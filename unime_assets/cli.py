@@ -358,7 +358,7 @@ def _create_stores() -> None:
     with dg.DagsterInstance.get():
         pass
     mlflow = MlflowResource()
-    ensure_experiment(mlflow.uri(), mlflow.experiment_name, mlflow.artifacts())
+    ensure_experiment(mlflow.uri(), mlflow.experiment_name, mlflow.artifact_location())
 
 
 def _latest_report_path() -> str | None:

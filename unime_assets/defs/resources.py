@@ -3,7 +3,6 @@
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 import yaml
@@ -75,6 +74,16 @@ class MlflowResource(dg.ConfigurableResource):
     def artifacts(self) -> str:
         return self.artifact_root or str(unime_home() / "mlflow" / "artifacts")
 
+    def artifact_location(self) -> str | None:
+        """Where a new experiment keeps its artifacts: `artifact_root` when set; for a store this process
+        opens itself (sqlite, a database URI) the folder under $UNIME_HOME; for a tracking server none,
+        so the server's own applies (with `--serve-artifacts`: uploaded through it to its
+        `--artifacts-destination`). A client's folder there would be one machine's disk, which the
+        server's UI and the other machines' runs cannot read."""
+        if self.artifact_root:
+            return self.artifact_root
+        return None if tracking.is_server_uri(self.uri()) else self.artifacts()
+
     def close_stale_runs(self, instance: dg.DagsterInstance, current_run_id: str) -> list[tuple[str, str]]:
         """MLflow runs left RUNNING by Dagster runs that ended or whose worker died (a SIGKILL never
         reaches MLflow): closed with the Dagster outcome (KILLED for a dead worker)."""
@@ -93,24 +102,31 @@ class MlflowResource(dg.ConfigurableResource):
     def parent_run(self, key: str, name: str, tags: dict[str, str] | None = None) -> str:
         """The id of the MLflow run tagged `unime.parent_key = key`, created (empty, FINISHED) when there
         is none: the parent that a job's runs nest under (the ablation's partitions). A file lock makes
-        parallel workers find the same one."""
+        parallel workers of one machine find the same one; across machines the oldest one wins."""
         import fcntl
 
         from mlflow import MlflowClient
 
         uri = self.uri()
-        exp_id = tracking.ensure_experiment(uri, self.experiment_name, self.artifacts())
-        lock = Path(self.artifacts()) / "parent-runs.lock"
+        exp_id = tracking.ensure_experiment(uri, self.experiment_name, self.artifact_location())
+        lock = unime_home() / "mlflow" / "parent-runs.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=uri)
+        query = f"tags.`unime.parent_key` = '{key}'"
         with open(lock, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            found = client.search_runs([exp_id], filter_string=f"tags.`unime.parent_key` = '{key}'", max_results=1)
+            found = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time ASC"])
             if found:
                 return found[0].info.run_id
             run = client.create_run(exp_id, run_name=name, tags={"unime.parent_key": key, **(tags or {})})
             client.set_terminated(run.info.run_id, "FINISHED")
-            return run.info.run_id
+        # The lock holds on this machine only: runs launched on other machines (a cluster run launcher) can
+        # each have created one. The oldest stays; a younger one is deleted before anything nests under it.
+        every = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time ASC"])
+        first = min(every, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        if first != run.info.run_id:
+            client.delete_run(run.info.run_id)
+        return first
 
     @contextlib.contextmanager
     def run(self, context: dg.AssetExecutionContext, parent_run_id: str | None = None) -> Iterator[tracking.RunHandle]:
@@ -127,7 +143,7 @@ class MlflowResource(dg.ConfigurableResource):
         for mlflow_run, status in self.close_stale_runs(context.instance, context.run_id):
             context.log.warning(f"MLflow run {mlflow_run} of an ended or dead Dagster run closed as {status}")
         note = run_description(asset_key, partition, context.job_name, run_url, self.dagster_url())
-        with tracking.start_run(self.uri(), self.experiment_name, name, tags, artifact_root=self.artifacts(),
+        with tracking.start_run(self.uri(), self.experiment_name, name, tags, artifact_root=self.artifact_location(),
                                 ui_url=self.mlflow_url(), description=note,
                                 experiment_description=EXPERIMENT_DESCRIPTION,
                                 experiment_tags=EXPERIMENT_TAGS) as run:  # fmt: skip

@@ -14,6 +14,7 @@ from unime_assets.tracking.mlflow_runs import (
     describe_model,
     describe_version,
     ensure_experiment,
+    is_server_uri,
     run_url,
     set_alias,
     start_run,
@@ -22,4 +23,4 @@ from unime_assets.tracking.mlflow_runs import (
 )
 
 __all__ = ["CLASSIC_VIEW", "RunHandle", "artifact_url", "close_runs", "dagster_tags", "describe_model", "describe_version",
-           "ensure_experiment", "run_url", "set_alias", "start_run", "tag_version", "version_description"]  # fmt: skip
+           "ensure_experiment", "is_server_uri", "run_url", "set_alias", "start_run", "tag_version", "version_description"]  # fmt: skip

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import mlflow
 from mlflow import MlflowClient
@@ -38,7 +38,7 @@ def ensure_experiment(
     wanted = {**EXPERIMENT_KIND, **(tags or {}), **({NOTE: description} if description else {})}
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+        location = _as_location(artifact_root) if artifact_root else None
         try:
             return client.create_experiment(name, artifact_location=location, tags=wanted)
         except MlflowException:
@@ -51,6 +51,19 @@ def ensure_experiment(
         if exp.tags.get(k) != v:
             _set_experiment_tag(client, exp.experiment_id, k, v)
     return exp.experiment_id
+
+
+def is_server_uri(tracking_uri: str) -> bool:
+    """A tracking server (the client talks HTTP to it and it keeps the artifacts), not a store this
+    process opens itself (sqlite, a database URI, a folder)."""
+    return urlsplit(tracking_uri).scheme in ("http", "https", "databricks")
+
+
+def _as_location(artifact_root: str) -> str:
+    """A folder as a file URI; a URI (s3://, mlflow-artifacts:/, file:) as it is."""
+    if len(urlsplit(artifact_root).scheme) > 1:  # not a Windows drive letter
+        return artifact_root
+    return Path(artifact_root).resolve().as_uri()
 
 
 def _set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, value: str) -> None:

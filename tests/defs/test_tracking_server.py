@@ -1,0 +1,112 @@
+"""The MLflow resource against a tracking server (production: `deploy/mlflow-server.sh`, `--serve-artifacts`)
+and across machines: artifacts go where the server keeps them, one parent run per campaign."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from unime_assets.defs.resources import MlflowResource
+from unime_assets.tracking import start_run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`mlflow server` as the production script starts it: its own store, artifacts proxied to a folder."""
+    port, dest, log = _free_port(), tmp_path / "server-artifacts", tmp_path / "server.log"
+    exe = Path(sys.executable).with_name("mlflow")
+    cmd = [str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1", "--serve-artifacts", "--artifacts-destination", str(dest)]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not up within 180 s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield url, dest
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_runs_on_a_tracking_server_keep_their_artifacts_where_the_server_does(server, tmp_path, monkeypatch):
+    """Before: the first run created the experiment with this machine's $UNIME_HOME folder as its artifact
+    location, so every run's plots went to the local disk of whichever machine ran it, out of the
+    server's (and its UI's) reach."""
+    url, dest = server
+    monkeypatch.setenv("UNIME_HOME", str(tmp_path / "client-home"))
+    resource = MlflowResource(tracking_uri=url)
+    assert resource.artifact_location() is None
+    with start_run(url, resource.experiment_name, "mmeb_train[SynColor]", {"dagster.run_id": "r"},
+                   artifact_root=resource.artifact_location()) as run:  # fmt: skip
+        run.log_text("hello", "notes/hello.txt")
+    exp = MlflowClient(tracking_uri=url).get_experiment_by_name(resource.experiment_name)
+    assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location
+    assert [p.read_text() for p in dest.rglob("hello.txt")] == ["hello"]
+    assert not (tmp_path / "client-home" / "mlflow" / "artifacts").exists()
+
+
+def test_an_explicit_artifact_root_is_kept(tmp_path):
+    assert MlflowResource(tracking_uri="http://mlflow:5000", artifact_root="s3://bucket/mlflow").artifact_location() \
+        == "s3://bucket/mlflow"  # fmt: skip
+    local = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_root=str(tmp_path / "a"))
+    assert local.artifact_location() == str(tmp_path / "a")
+
+
+def test_a_local_store_keeps_its_artifacts_under_unime_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIME_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert MlflowResource().artifact_location() == str(tmp_path / "mlflow" / "artifacts")
+
+
+def test_parent_runs_created_on_two_machines_at_once_end_as_one(tmp_path, monkeypatch):
+    """The file lock serialises one machine's workers only. Another machine's worker that created its
+    parent first (older) wins: ours is deleted before anything nests under it, and both return the same."""
+    monkeypatch.setenv("UNIME_HOME", str(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    resource = MlflowResource(tracking_uri=uri)
+    real = MlflowClient.create_run
+    theirs = {}
+
+    def racing(self, experiment_id, start_time=None, tags=None, run_name=None):
+        # The other machine's create lands between our search (nothing found) and our create.
+        other = real(MlflowClient(tracking_uri=uri), experiment_id, start_time=int(time.time() * 1000) - 5,
+                     tags=tags, run_name=run_name)  # fmt: skip
+        theirs["id"] = other.info.run_id
+        return real(self, experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+
+    monkeypatch.setattr(MlflowClient, "create_run", racing)
+    got = resource.parent_run("ablation-x", "ablation (x)")
+    monkeypatch.setattr(MlflowClient, "create_run", real)
+    assert got == theirs["id"]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(resource.experiment_name)
+    live = client.search_runs([exp.experiment_id], filter_string="tags.`unime.parent_key` = 'ablation-x'")
+    assert [r.info.run_id for r in live] == [got]
+    assert resource.parent_run("ablation-x", "ablation (x)") == got  # found again, nothing new
