@@ -25,9 +25,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
     """`mlflow server` as the production script starts it: its own store, artifacts proxied to a folder."""
+    tmp_path = tmp_path_factory.mktemp("mlflow-server")
     port, dest, log = _free_port(), tmp_path / "server-artifacts", tmp_path / "server.log"
     exe = Path(sys.executable).with_name("mlflow")
     cmd = [str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--host", "127.0.0.1",
@@ -69,7 +70,32 @@ def test_runs_on_a_tracking_server_keep_their_artifacts_where_the_server_does(se
     exp = MlflowClient(tracking_uri=url).get_experiment_by_name(resource.experiment_name)
     assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location
     assert [p.read_text() for p in dest.rglob("hello.txt")] == ["hello"]
+    parent = resource.parent_run("ablation-server", "ablation (server)")  # the ablation's path to the server
+    assert resource.parent_run("ablation-server", "ablation (server)") == parent
+    assert MlflowClient(tracking_uri=url).get_run(parent).info.artifact_uri.startswith("mlflow-artifacts:")
     assert not (tmp_path / "client-home" / "mlflow" / "artifacts").exists()
+
+
+def test_an_experiment_left_with_a_client_folder_on_the_server_is_named_in_a_warning(server, tmp_path, caplog):
+    from unime_assets.tracking import ensure_experiment
+
+    url, _ = server
+    MlflowClient(tracking_uri=url).create_experiment("legacy", artifact_location=(tmp_path / "a").as_uri())
+    with caplog.at_level("WARNING", logger="unime_assets.tracking.mlflow_runs"):
+        ensure_experiment(url, "legacy")
+    assert "keeps its artifacts in file://" in caplog.text and "legacy" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="unime_assets.tracking.mlflow_runs"):
+        ensure_experiment(url, "fresh")
+    assert caplog.text == ""
+
+
+def test_databricks_is_a_server():
+    from unime_assets.tracking import is_server_uri
+
+    assert is_server_uri("databricks") and is_server_uri("https://mlflow.example") and is_server_uri("http://h:5000")
+    assert not is_server_uri("sqlite:///m.db") and not is_server_uri("postgresql+psycopg2://u@h/db")
+    assert not is_server_uri("/tmp/mlruns") and not is_server_uri("file:///tmp/mlruns")
 
 
 def test_an_explicit_artifact_root_is_kept(tmp_path):

@@ -101,8 +101,14 @@ class MlflowResource(dg.ConfigurableResource):
 
     def parent_run(self, key: str, name: str, tags: dict[str, str] | None = None) -> str:
         """The id of the MLflow run tagged `unime.parent_key = key`, created (empty, FINISHED) when there
-        is none: the parent that a job's runs nest under (the ablation's partitions). A file lock makes
-        parallel workers of one machine find the same one; across machines the oldest one wins."""
+        is none: the parent that a job's runs nest under (the ablation's partitions).
+
+        A file lock makes the workers of one machine find the same one. It holds on one machine only:
+        when runs on two machines (a cluster run launcher) each create one within moments, the one that
+        sees the other's keeps the older (client start time, then id) and deletes its own before
+        anything nests under it; two created closer together than one round trip, or on clocks set
+        apart, can both stay, and the campaign's runs then split between two parents (each run still
+        carries its campaign in its tags)."""
         import fcntl
 
         from mlflow import MlflowClient
@@ -113,20 +119,20 @@ class MlflowResource(dg.ConfigurableResource):
         lock.parent.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=uri)
         query = f"tags.`unime.parent_key` = '{key}'"
+        oldest_first = ["attributes.start_time ASC"]  # ties: the store orders by run id
         with open(lock, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            found = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time ASC"])
+            found = client.search_runs([exp_id], filter_string=query, order_by=oldest_first, max_results=1)
             if found:
                 return found[0].info.run_id
             run = client.create_run(exp_id, run_name=name, tags={"unime.parent_key": key, **(tags or {})})
             client.set_terminated(run.info.run_id, "FINISHED")
-        # The lock holds on this machine only: runs launched on other machines (a cluster run launcher) can
-        # each have created one. The oldest stays; a younger one is deleted before anything nests under it.
-        every = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time ASC"])
-        first = min(every, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
-        if first != run.info.run_id:
-            client.delete_run(run.info.run_id)
-        return first
+            # Still under the lock, so no worker of this machine can have nested under ours yet.
+            first = client.search_runs([exp_id], filter_string=query, order_by=oldest_first, max_results=1)
+            if first and first[0].info.run_id != run.info.run_id:
+                client.delete_run(run.info.run_id)
+                return first[0].info.run_id
+            return run.info.run_id
 
     @contextlib.contextmanager
     def run(self, context: dg.AssetExecutionContext, parent_run_id: str | None = None) -> Iterator[tracking.RunHandle]:

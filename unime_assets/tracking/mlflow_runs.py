@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from unime_assets.tracking import plots
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+log = logging.getLogger(__name__)
 
 
 def dagster_tags(run_id: str, asset_key: str, partition: str | None) -> dict[str, str]:
@@ -47,6 +49,12 @@ def ensure_experiment(
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
+    if is_server_uri(tracking_uri) and not artifact_root and exp.artifact_location.startswith("file:"):
+        # An experiment made against the server with a client's folder (by a release before this check):
+        # MLflow cannot move it, and its runs' artifacts land on whichever machine runs them.
+        log.warning(f"MLflow experiment {name!r} on {tracking_uri} keeps its artifacts in {exp.artifact_location}, "
+                    "a folder of the machine that created it, not on the server: runs elsewhere write to their own "
+                    "disk. Use a new experiment name (MlflowResource.experiment_name) to store them on the server.")
     for k, v in wanted.items():
         if exp.tags.get(k) != v:
             _set_experiment_tag(client, exp.experiment_id, k, v)
@@ -56,7 +64,9 @@ def ensure_experiment(
 def is_server_uri(tracking_uri: str) -> bool:
     """A tracking server (the client talks HTTP to it and it keeps the artifacts), not a store this
     process opens itself (sqlite, a database URI, a folder)."""
-    return urlsplit(tracking_uri).scheme in ("http", "https", "databricks")
+    from mlflow.utils.uri import is_databricks_uri
+
+    return urlsplit(tracking_uri).scheme in ("http", "https") or is_databricks_uri(tracking_uri)
 
 
 def _as_location(artifact_root: str) -> str:
