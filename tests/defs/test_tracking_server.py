@@ -3,57 +3,27 @@ and across machines: artifacts go where the server keeps them, one parent run pe
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from conftest import free_port  # tests/ is on sys.path
+from defs_helpers import running_mlflow_server
 from mlflow import MlflowClient
 
 from unime_assets.defs.resources import MlflowResource
 from unime_assets.tracking import start_run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`mlflow server` as the production script starts it: its own store, artifacts proxied to a folder."""
     tmp_path = tmp_path_factory.mktemp("mlflow-server")
-    port, dest, log = _free_port(), tmp_path / "server-artifacts", tmp_path / "server.log"
-    exe = Path(sys.executable).with_name("mlflow")
-    cmd = [str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1", "--serve-artifacts", "--artifacts-destination", str(dest)]  # fmt: skip
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    port, dest = free_port(), tmp_path / "server-artifacts"
+    args = ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--serve-artifacts", "--artifacts-destination", str(dest)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up within 180 s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+    with running_mlflow_server(args, url, tmp_path / "server.log", cwd=tmp_path):
         yield url, dest
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_runs_on_a_tracking_server_keep_their_artifacts_where_the_server_does(server, tmp_path, monkeypatch):

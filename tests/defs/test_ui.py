@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from defs_helpers import running_mlflow_server, stop_group
 from test_definitions import CONTRACT, PARTITIONED  # the asset-key contract (tests/ is on sys.path)
 
 # What `unime-assets materialize` (the demo graph) materializes: every asset but the ablation job's, which
@@ -81,17 +82,6 @@ def _wait_for_assets(base: str, proc: subprocess.Popen, log: Path, timeout: floa
     )
 
 
-def _stop(proc: subprocess.Popen, sig: int) -> None:
-    """Signal the server's process group (started in its own session, so children get it too)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def webserver(materialized, tmp_path_factory):
     """dagster-webserver on a free 127.0.0.1 port, pointed at the materialized instance; stopped by
@@ -112,7 +102,7 @@ def webserver(materialized, tmp_path_factory):
         nodes = _wait_for_assets(base, proc, log)
         yield {"base": base, "nodes": nodes, "startup_s": time.monotonic() - t0}
     finally:
-        _stop(proc, signal.SIGINT)
+        stop_group(proc, signal.SIGINT)
 
 
 @pytest.mark.slow
@@ -194,29 +184,10 @@ def mlflow_server(materialized, tmp_path_factory):
     """`mlflow server` on the 127.0.0.1 port the materializations' plots and links point at."""
     base = materialized["env"]["MLFLOW_UI_URL"]
     log = tmp_path_factory.mktemp("mlflow") / "mlflow.log"
-    exe = Path(sys.executable).with_name("mlflow")
-    cmd = [str(exe), "server", "--backend-store-uri", materialized["env"]["MLFLOW_TRACKING_URI"], "--host",
-           "127.0.0.1", "--port", str(urllib.parse.urlsplit(base).port), "--workers", "1"]  # fmt: skip
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=materialized["env"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up within 180 s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
+    args = ["--backend-store-uri", materialized["env"]["MLFLOW_TRACKING_URI"], "--host", "127.0.0.1",
+            "--port", str(urllib.parse.urlsplit(base).port), "--workers", "1"]  # fmt: skip
+    with running_mlflow_server(args, base, log, env=materialized["env"], cwd=ROOT):
         yield base
-    finally:
-        _stop(proc, signal.SIGTERM)
 
 
 def _latest_entries(base: str, asset: str) -> tuple[dict, dict[str, dict]]:
