@@ -106,3 +106,35 @@ def test_parent_runs_created_on_two_machines_at_once_end_as_one(tmp_path, monkey
     live = client.search_runs([exp.experiment_id], filter_string="tags.`unime.parent_key` = 'ablation-x'")
     assert [r.info.run_id for r in live] == [got]
     assert resource.parent_run("ablation-x", "ablation (x)") == got  # found again, nothing new
+
+
+def test_parents_that_both_stayed_are_merged_by_the_next_call(tmp_path, monkeypatch):
+    """Two machines each created a parent without seeing the other's, and runs nested under both (and one
+    under the newer after it was already merged away). The next call of the campaign keeps the older:
+    every child ends under it and the newer parent is deleted. Before, the campaign stayed split."""
+    from mlflow.entities import ViewType
+
+    monkeypatch.setenv("UNIME_HOME", str(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    resource = MlflowResource(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(resource.experiment_name)
+    now = int(time.time() * 1000)
+    older, newer = (client.create_run(exp_id, start_time=now + dt, tags={"unime.parent_key": "ablation-y"}).info.run_id
+                    for dt in (0, 3))  # fmt: skip
+    under = {p: [client.create_run(exp_id, tags={"mlflow.parentRunId": p}).info.run_id for _ in range(2)]
+             for p in (older, newer)}  # fmt: skip
+    other_campaign = client.create_run(exp_id, tags={"mlflow.parentRunId": "elsewhere"}).info.run_id
+
+    assert resource.parent_run("ablation-y", "ablation (y)") == older
+    assert client.get_run(newer).info.lifecycle_stage == "deleted"
+    for child in under[older] + under[newer]:
+        assert client.get_run(child).data.tags["mlflow.parentRunId"] == older
+    assert client.get_run(other_campaign).data.tags["mlflow.parentRunId"] == "elsewhere"
+
+    late = client.create_run(exp_id, tags={"mlflow.parentRunId": newer}).info.run_id  # started with the old id
+    assert resource.parent_run("ablation-y", "ablation (y)") == older
+    assert client.get_run(late).data.tags["mlflow.parentRunId"] == older
+    keys = client.search_runs([exp_id], filter_string="tags.`unime.parent_key` = 'ablation-y'",
+                              run_view_type=ViewType.ACTIVE_ONLY)  # fmt: skip
+    assert [r.info.run_id for r in keys] == [older]

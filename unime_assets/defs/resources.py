@@ -104,11 +104,12 @@ class MlflowResource(dg.ConfigurableResource):
         is none: the parent that a job's runs nest under (the ablation's partitions).
 
         A file lock makes the workers of one machine find the same one. It holds on one machine only:
-        when runs on two machines (a cluster run launcher) each create one within moments, the one that
-        sees the other's keeps the older (client start time, then id) and deletes its own before
-        anything nests under it; two created closer together than one round trip, or on clocks set
-        apart, can both stay, and the campaign's runs then split between two parents (each run still
-        carries its campaign in its tags)."""
+        runs on two machines (a cluster run launcher) can each create one within moments. Every call
+        therefore keeps the oldest live parent of the key (client start time, then id) and merges the
+        others into it: their child runs are re-tagged to nest under it, then they are deleted. Parents
+        created on two machines within one round trip (or on clocks set apart) can both exist for a
+        while, and a run can nest under the one merged away; the next call of the campaign (a later
+        run's start, `ablation_report` at the end) moves them under the survivor."""
         import fcntl
 
         from mlflow import MlflowClient
@@ -122,17 +123,13 @@ class MlflowResource(dg.ConfigurableResource):
         oldest_first = ["attributes.start_time ASC"]  # ties: the store orders by run id
         with open(lock, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            found = client.search_runs([exp_id], filter_string=query, order_by=oldest_first, max_results=1)
-            if found:
-                return found[0].info.run_id
-            run = client.create_run(exp_id, run_name=name, tags={"unime.parent_key": key, **(tags or {})})
-            client.set_terminated(run.info.run_id, "FINISHED")
-            # Still under the lock, so no worker of this machine can have nested under ours yet.
-            first = client.search_runs([exp_id], filter_string=query, order_by=oldest_first, max_results=1)
-            if first and first[0].info.run_id != run.info.run_id:
-                client.delete_run(run.info.run_id)
-                return first[0].info.run_id
-            return run.info.run_id
+            if not client.search_runs([exp_id], filter_string=query, order_by=oldest_first, max_results=1):
+                run = client.create_run(exp_id, run_name=name, tags={"unime.parent_key": key, **(tags or {})})
+                client.set_terminated(run.info.run_id, "FINISHED")
+            # Searched again after our own create: another machine's older parent wins over ours.
+            keep = client.search_runs([exp_id], filter_string=query, order_by=oldest_first, max_results=1)[0]
+            _merge_parents(client, exp_id, query, keep.info.run_id)
+            return keep.info.run_id
 
     @contextlib.contextmanager
     def run(self, context: dg.AssetExecutionContext, parent_run_id: str | None = None) -> Iterator[tracking.RunHandle]:
@@ -155,6 +152,22 @@ class MlflowResource(dg.ConfigurableResource):
                                 experiment_tags=EXPERIMENT_TAGS) as run:  # fmt: skip
             context.log.info(f"MLflow run {run.run_id}: {run.url}")
             yield run
+
+
+def _merge_parents(client, exp_id: str, query: str, keep: str) -> None:
+    """Every other parent run the `query` finds (deleted ones too: a run may have nested under one
+    after it was merged) hands its live children to `keep` and is deleted."""
+    from mlflow.entities import ViewType
+
+    for other in client.search_runs([exp_id], filter_string=query, run_view_type=ViewType.ALL, max_results=1000):
+        if other.info.run_id == keep:
+            continue
+        children = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{other.info.run_id}'",
+                                      max_results=10_000)  # fmt: skip
+        for child in children:
+            client.set_tag(child.info.run_id, "mlflow.parentRunId", keep)
+        if other.info.lifecycle_stage == "active":
+            client.delete_run(other.info.run_id)
 
 
 @dg.failure_hook(required_resource_keys={"mlflow"})
