@@ -138,3 +138,25 @@ def test_parents_that_both_stayed_are_merged_by_the_next_call(tmp_path, monkeypa
     keys = client.search_runs([exp_id], filter_string="tags.`unime.parent_key` = 'ablation-y'",
                               run_view_type=ViewType.ACTIVE_ONLY)  # fmt: skip
     assert [r.info.run_id for r in keys] == [older]
+
+
+def test_a_child_deleted_while_its_parent_is_merged_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIME_HOME", str(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    resource, client = MlflowResource(tracking_uri=uri), MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(resource.experiment_name)
+    now = int(time.time() * 1000)
+    older, newer = (client.create_run(exp_id, start_time=now + dt, tags={"unime.parent_key": "ablation-z"}).info.run_id
+                    for dt in (0, 3))  # fmt: skip
+    gone, kept = (client.create_run(exp_id, tags={"mlflow.parentRunId": newer}).info.run_id for _ in range(2))
+    real = MlflowClient.set_tag
+
+    def deleted_first(self, run_id, key, value, *args, **kwargs):
+        if run_id == gone:  # a user deletes it between the merge's search and its re-tagging
+            client.delete_run(gone)
+        return real(self, run_id, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_tag", deleted_first)
+    assert resource.parent_run("ablation-z", "ablation (z)") == older
+    assert client.get_run(kept).data.tags["mlflow.parentRunId"] == older
+    assert client.get_run(newer).info.lifecycle_stage == "deleted"

@@ -158,6 +158,7 @@ def _merge_parents(client, exp_id: str, query: str, keep: str) -> None:
     """Every other parent run the `query` finds (deleted ones too: a run may have nested under one
     after it was merged) hands its live children to `keep` and is deleted."""
     from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
 
     for other in client.search_runs([exp_id], filter_string=query, run_view_type=ViewType.ALL, max_results=1000):
         if other.info.run_id == keep:
@@ -165,7 +166,11 @@ def _merge_parents(client, exp_id: str, query: str, keep: str) -> None:
         children = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{other.info.run_id}'",
                                       max_results=10_000)  # fmt: skip
         for child in children:
-            client.set_tag(child.info.run_id, "mlflow.parentRunId", keep)
+            try:
+                client.set_tag(child.info.run_id, "mlflow.parentRunId", keep)
+            except MlflowException:
+                if client.get_run(child.info.run_id).info.lifecycle_stage == "active":
+                    raise  # deleted since the search: nothing to move; anything else is an error
         if other.info.lifecycle_stage == "active":
             client.delete_run(other.info.run_id)
 
