@@ -108,20 +108,26 @@ def test_parent_runs_created_on_two_machines_at_once_end_as_one(tmp_path, monkey
     assert resource.parent_run("ablation-x", "ablation (x)") == got  # found again, nothing new
 
 
+
+def _two_parents(tmp_path, monkeypatch, key: str):
+    """A local store holding two parents of `key` that both stayed (created 3 ms apart, the older first)."""
+    monkeypatch.setenv("UNIME_HOME", str(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    resource, client = MlflowResource(tracking_uri=uri), MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(resource.experiment_name)
+    now = int(time.time() * 1000)
+    older, newer = (client.create_run(exp_id, start_time=now + dt, tags={"unime.parent_key": key}).info.run_id
+                    for dt in (0, 3))  # fmt: skip
+    return resource, client, exp_id, older, newer
+
+
 def test_parents_that_both_stayed_are_merged_by_the_next_call(tmp_path, monkeypatch):
     """Two machines each created a parent without seeing the other's, and runs nested under both (and one
     under the newer after it was already merged away). The next call of the campaign keeps the older:
     every child ends under it and the newer parent is deleted. Before, the campaign stayed split."""
     from mlflow.entities import ViewType
 
-    monkeypatch.setenv("UNIME_HOME", str(tmp_path))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resource = MlflowResource(tracking_uri=uri)
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment(resource.experiment_name)
-    now = int(time.time() * 1000)
-    older, newer = (client.create_run(exp_id, start_time=now + dt, tags={"unime.parent_key": "ablation-y"}).info.run_id
-                    for dt in (0, 3))  # fmt: skip
+    resource, client, exp_id, older, newer = _two_parents(tmp_path, monkeypatch, "ablation-y")
     under = {p: [client.create_run(exp_id, tags={"mlflow.parentRunId": p}).info.run_id for _ in range(2)]
              for p in (older, newer)}  # fmt: skip
     other_campaign = client.create_run(exp_id, tags={"mlflow.parentRunId": "elsewhere"}).info.run_id
@@ -141,13 +147,7 @@ def test_parents_that_both_stayed_are_merged_by_the_next_call(tmp_path, monkeypa
 
 
 def test_a_child_deleted_while_its_parent_is_merged_is_left_alone(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIME_HOME", str(tmp_path))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resource, client = MlflowResource(tracking_uri=uri), MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment(resource.experiment_name)
-    now = int(time.time() * 1000)
-    older, newer = (client.create_run(exp_id, start_time=now + dt, tags={"unime.parent_key": "ablation-z"}).info.run_id
-                    for dt in (0, 3))  # fmt: skip
+    resource, client, exp_id, older, newer = _two_parents(tmp_path, monkeypatch, "ablation-z")
     gone, kept = (client.create_run(exp_id, tags={"mlflow.parentRunId": newer}).info.run_id for _ in range(2))
     real = MlflowClient.set_tag
 

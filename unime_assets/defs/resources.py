@@ -113,23 +113,32 @@ class MlflowResource(dg.ConfigurableResource):
         import fcntl
 
         from mlflow import MlflowClient
+        from mlflow.entities import ViewType
 
         uri = self.uri()
         exp_id = tracking.ensure_experiment(uri, self.experiment_name, self.artifact_location())
         lock = unime_home() / "mlflow" / "parent-runs.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=uri)
-        query = f"tags.`unime.parent_key` = '{key}'"
-        oldest_first = ["attributes.start_time ASC"]  # ties: the store orders by run id
+
+        def parents() -> list:  # every parent of the key, deleted ones too, oldest first (ties: by run id)
+            return client.search_runs([exp_id], filter_string=f"tags.`unime.parent_key` = '{key}'",
+                                      run_view_type=ViewType.ALL, order_by=["attributes.start_time ASC"],
+                                      max_results=1000)  # fmt: skip
+
+        def live(runs: list) -> list:
+            return [r for r in runs if r.info.lifecycle_stage == "active"]
+
         with open(lock, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            if not client.search_runs([exp_id], filter_string=query, order_by=oldest_first, max_results=1):
+            found = parents()
+            if not live(found):
                 run = client.create_run(exp_id, run_name=name, tags={"unime.parent_key": key, **(tags or {})})
                 client.set_terminated(run.info.run_id, "FINISHED")
-            # Searched again after our own create: another machine's older parent wins over ours.
-            keep = client.search_runs([exp_id], filter_string=query, order_by=oldest_first, max_results=1)[0]
-            _merge_parents(client, exp_id, query, keep.info.run_id)
-            return keep.info.run_id
+                found = parents()  # after our own create: another machine's older parent wins over ours
+            keep = live(found)[0].info.run_id
+            _merge_parents(client, exp_id, [r for r in found if r.info.run_id != keep], keep)
+            return keep
 
     @contextlib.contextmanager
     def run(self, context: dg.AssetExecutionContext, parent_run_id: str | None = None) -> Iterator[tracking.RunHandle]:
@@ -154,15 +163,12 @@ class MlflowResource(dg.ConfigurableResource):
             yield run
 
 
-def _merge_parents(client, exp_id: str, query: str, keep: str) -> None:
-    """Every other parent run the `query` finds (deleted ones too: a run may have nested under one
+def _merge_parents(client, exp_id: str, others: list, keep: str) -> None:
+    """Every run of `others` (the key's other parents, deleted ones too: a run may have nested under one
     after it was merged) hands its live children to `keep` and is deleted."""
-    from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
-    for other in client.search_runs([exp_id], filter_string=query, run_view_type=ViewType.ALL, max_results=1000):
-        if other.info.run_id == keep:
-            continue
+    for other in others:
         children = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{other.info.run_id}'",
                                       max_results=10_000)  # fmt: skip
         for child in children:
