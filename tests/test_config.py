@@ -35,6 +35,20 @@ def test_unknown_subset_is_rejected_with_valid_names(tmp_path):
         load_settings(_write(tmp_path, data))
 
 
+def test_broken_yaml_and_overrides_that_are_no_mapping_name_the_file(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("embedder:\n  steps: 3\n lr: [1e-4\n")
+    with pytest.raises(SettingsError, match=rf"(?s)settings file {p} is not valid YAML.*in \"{p}\", line 3"):
+        load_settings(p)
+    good = _write(tmp_path, _base(tmp_path))
+    with pytest.raises(SettingsError, match=r"overrides must be a mapping.*got \['embedder'\]"):
+        load_settings(good, ["embedder"])
+    from unime_assets.defs.resources import SettingsResource
+
+    with pytest.raises(SettingsError, match="overrides_yaml is not valid YAML"):
+        SettingsResource(settings_file=str(good), overrides_yaml="embedder: {steps: 3").get()
+
+
 def test_misspelt_key_and_missing_file(tmp_path):
     with pytest.raises(ValueError, match="embeder"):
         load_settings(_write(tmp_path, {**_base(tmp_path), "embeder": {"steps": 1}}))

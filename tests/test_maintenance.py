@@ -42,7 +42,7 @@ def test_finds_exactly_what_no_run_reads_again(tmp_path):
     os.utime(old_dir, (time.time() - 7 * HOUR,) * 2)
     # judge shards of one partition: the manifest names the current one; an older stale one goes, a
     # newer one (a scoring in progress) stays
-    part = art / "judge_scores" / "shards" / "SynColor"
+    part = js.shard_folder(art / "judge_scores", "qwen25vl", "SynColor")  # where the asset writes them
     stale = _touch(part / "judge-000000-aaaa.parquet", 2 * HOUR)
     _touch(part / "judge-000000-aaaa.json", 2 * HOUR)
     current = _touch(part / "judge-000000-bbbb.parquet", HOUR)

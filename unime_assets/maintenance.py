@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from unime_assets.judging.shards import stale_shards
+from unime_assets.judging.shards import shard_folders, stale_shards
 from unime_assets.retrieval.embedding_cache import orphan_shards, stale_namespaces
 
 TMP_NAME = re.compile(r"^\..+(\.tmp|\.old-\d+|\.mlflow\.[^/]+)$")
@@ -63,10 +63,9 @@ def find_garbage(artifacts_root: str | Path, extra_roots: tuple[str | Path, ...]
     out: list[Garbage] = []
     for r in (root, *map(Path, extra_roots)):
         out += orphan_temps(r, tmp_age=tmp_age, now=now)
-    shards_root = root / "judge_scores" / "shards"
-    for part in sorted(p for p in shards_root.iterdir() if p.is_dir()) if shards_root.is_dir() else []:
-        out += [Garbage(p, "judge_shard", f"not used by the latest scoring of {part.name}", p.stat().st_size)
-                for p in stale_shards(part)]  # fmt: skip
+    for part in shard_folders(root / "judge_scores"):  # shards/<judge>/<subset>
+        out += [Garbage(p, "judge_shard", f"not used by the latest scoring of {part.parent.name}/{part.name}",
+                        p.stat().st_size) for p in stale_shards(part)]  # fmt: skip
     cache = root / "embedding_cache"
     stale = stale_namespaces(cache, max_idle=idle, now=now)
     out += [Garbage(d, "cache_namespace", why, _size(d)) for d, why in stale]

@@ -166,6 +166,37 @@ def test_malformed_file_names_file(text: str, words: str, tmp_path: Path) -> Non
     assert str(src) in str(e.value) and words in str(e.value)
 
 
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    src = tmp_path / "latin1.json"
+    src.write_bytes(json.dumps([record(pos_text="caf\u00e9")], ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(DataValidationError, match=rf"{src}: not UTF-8 text"):
+        us.read(src)
+
+
+def test_records_that_cannot_train_are_named_before_training(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "root"
+    (root / "images/OK-VQA/Train").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "images/OK-VQA/Train/OK-VQA_1.jpg")
+    good = record()
+    df = us.read(dump(tmp_path / "s.json", [good, record(query_text="another query")]))
+    us.check_usable(df, "s.json", k_negatives=2, image_root=root)
+    with pytest.raises(DataValidationError, match=r"s.json: record 0: field 'hard_negatives': has 2 candidates; "
+                       r"training takes embedder.k_negatives = 3 \(2 record\(s\) have fewer\)"):  # fmt: skip
+        us.check_usable(df, "s.json", k_negatives=3, image_root=root)
+    negs = [["no", ""], ["yes", "images/OK-VQA/Train/missing.jpg"]]
+    df = us.read(dump(tmp_path / "s.json", [good, record(query_text="q2", hard_negatives=negs)]))
+    with pytest.raises(DataValidationError, match=r"s.json: record 1: field 'hard_negatives\[1\]': image "
+                       r"'images/OK-VQA/Train/missing.jpg': missing_image"):  # fmt: skip
+        us.check_usable(df, "s.json", k_negatives=2, image_root=root)
+    escape = record(query_text="q3", pos_image="../outside.jpg")
+    df = us.read(dump(tmp_path / "s.json", [good, escape]))
+    with pytest.raises(DataValidationError, match=r"record 1: field 'pos_image': image '../outside.jpg'"):
+        us.check_usable(df, "s.json", k_negatives=2, image_root=root)
+    us.check_usable(df, "s.json", k_negatives=2, image_root=root, check_images="none")
+
+
 def test_write_checks_records_and_writes_nothing(tmp_path: Path) -> None:
     df = us.read(dump(tmp_path / "in.json", [record(), record()]))
     bad = df.with_columns(

@@ -62,9 +62,43 @@ def test_hf_parquet_with_embedded_bytes_is_extracted_once(tmp_path):
     with pytest.raises(ValueError, match="extract_dir"):
         read_flickr_coco("flickr30k", root)
     ds = read_zeroshot("flickr30k", root, extract_dir=tmp_path / "x")
-    assert ds.image_root == tmp_path / "x" / "flickr30k" and ds.images == ["000000.png", "000001.png"]
-    assert ds.caption_image == [0, 0, 1]
-    assert Image.open(ds.image_root / "000001.png").getpixel((0, 0)) == (0, 0, 255)
+    assert ds.image_root == tmp_path / "x" / "flickr30k" and len(set(ds.images)) == 2
+    assert all(name.endswith(".png") for name in ds.images) and ds.caption_image == [0, 0, 1]
+    assert Image.open(ds.image_root / ds.images[1]).getpixel((0, 0)) == (0, 0, 255)
+    # the parquet replaced (rows swapped): the images follow their rows, not the earlier extraction
+    pq.write_table(table.take([1, 0]), root / "data" / "test-00000-of-00001.parquet")
+    swapped = read_zeroshot("flickr30k", root, extract_dir=tmp_path / "x")
+    assert Image.open(swapped.image_root / swapped.images[0]).getpixel((0, 0)) == (0, 0, 255)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("karpathy_no_filename", r"dataset_coco.json: images\[0\]: field 'filename' is missing"),
+    ("karpathy_list", r"dataset_coco.json: expected the Karpathy-split object"),
+    ("sharegpt_no_value", r"entry 0.conversations\[1\]: field 'value' is missing"),
+    ("sharegpt_no_image", r"entry 0: field 'image' is missing"),
+    ("parquet_mixed", r"1 rows embed their image and 1 give a path"),
+    ("parquet_null_text", r"row 0: field 'text' is empty"),
+])  # fmt: skip
+def test_malformed_zero_shot_files_name_file_entry_and_field(tmp_path, case, message):
+    coco = {"images": [{"filepath": "", "split": "test", "sentences": [{"raw": "x"}]}]}
+    share = [{"image": "a.jpg", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]}]
+    if case.startswith("karpathy"):
+        (tmp_path / "dataset_coco.json").write_text(json.dumps(coco if case.endswith("filename") else [coco]))
+        read = lambda: read_flickr_coco("coco5k", tmp_path)  # noqa: E731
+    elif case.startswith("sharegpt"):
+        if case == "sharegpt_no_image":
+            share = [{"conversations": [{"from": "gpt", "value": "a caption"}]}]
+        (tmp_path / "share-captioner_coco_lcs_sam_1246k_1107.json").write_text(json.dumps(share))
+        read = lambda: read_sharegpt4v(tmp_path)  # noqa: E731
+    else:
+        (tmp_path / "data").mkdir()
+        rows = ({"image": [{"bytes": _png_bytes((1, 2, 3)), "path": "a.png"}, {"bytes": None, "path": "b.png"}],
+                 "text": ["one", "two"]} if case == "parquet_mixed"
+                else {"image": [{"bytes": _png_bytes((1, 2, 3)), "path": "a.png"}], "text": [None]})  # fmt: skip
+        pq.write_table(pa.table(rows), tmp_path / "data" / "test-00000-of-00001.parquet")
+        read = lambda: read_flickr_coco("flickr30k", tmp_path, extract_dir=tmp_path / "x")  # noqa: E731
+    with pytest.raises(ValueError, match=message):
+        read()
 
 
 def test_sharegpt4v_first_n_and_newlines(tmp_path):

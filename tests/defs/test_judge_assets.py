@@ -262,3 +262,43 @@ def test_ablation_runs_train_from_each_judge_and_report_table5(env):
     assert rows["judge:internvl3"]["overall"] == [logged[1], logged[2]]
     assert logged[1] == pytest.approx(first["overall"], rel=1e-3)
     assert ["unime_v2", 2] in data["missing"] and meta["runs"].value == 5
+
+
+def test_garbage_collection_looks_where_the_judges_write_their_shards(env):
+    from unime_assets.judging.shards import MANIFEST, shard_folders
+
+    folders = shard_folders(env["root"] / "assets" / "judge_scores")
+    assert {(p.parent.name, p.name) for p in folders} == {(j, t) for j in JUDGES for t in TRAIN}
+    assert all((p / MANIFEST).is_file() for p in folders)  # each scoring finished and named its shards
+
+
+def _step_error(env, selection, partition=None) -> str:
+    with pytest.raises(ValueError) as e:  # dg.materialize re-raises the asset's own error
+        _run(env, selection, partition)
+    return str(e.value)
+
+
+def test_tables_mined_on_a_rebuilt_candidate_index_are_refused_until_re_mined(env):
+    """Rebuilding candidate_index renumbers cand_ids: a mining partition left from the old index (its
+    re-run failed or was not requested) is refused by name, not read as other candidates' ids. Last in
+    this module: it rebuilds the index."""
+    chain = ["candidate_pool", f"judge_scores/{JUDGES[0]}", "mined_negatives"]
+    for p in TRAIN:
+        _run(env, chain, p)
+    _run(env, ["training_set"])
+    before = _table(env, "training_set.parquet")
+    # the index rebuilt from SynColor alone (SynCaps_t2i's mmeb_train table set aside meanwhile)
+    aside = env["root"] / "tables" / "mmeb_train" / f"{TRAIN[1]}.parquet"
+    aside.rename(aside.with_suffix(".aside"))
+    _run(env, ["candidate_index"])
+    aside.with_suffix(".aside").rename(aside)
+    _run(env, chain, TRAIN[0])  # SynColor re-mined; SynCaps_t2i still holds the old index's ids
+    assert f"mined_negatives[{TRAIN[1]}] was built on another candidate index" in _step_error(env, ["training_set"])
+    assert f"candidate_pool[{TRAIN[1]}] was built on another candidate index" in _step_error(
+        env, [f"judge_scores/{JUDGES[0]}"], TRAIN[1])
+    # rebuilt from both subsets and re-mined: the same training set as before
+    _run(env, ["candidate_index"])
+    for p in TRAIN:
+        _run(env, chain, p)
+    _run(env, ["training_set"])
+    assert _table(env, "training_set.parquet").equals(before)

@@ -21,9 +21,11 @@ from unime_assets.retrieval import (
     build_candidate_pool,
     build_candidate_table,
     build_index,
+    check_same_index,
     default_nlist,
     exact_filtered_topk,
     faiss_num_gpus,
+    index_digest,
     make_index,
     pool_frame,
     search_below_positive,
@@ -309,7 +311,8 @@ def test_build_index_then_search_partitions(toy):
         pool, stats = search_candidate_pool(
             part, tmp / "index", fake, root, cache_dir=tmp / "cache", top_k=5, progress=False
         )
-        assert pool.columns == ["pair_id", "pos_cand_id", "cand_ids", "cand_sims", "pos_sim"]
+        assert pool.columns == ["pair_id", "pos_cand_id", "cand_ids", "cand_sims", "pos_sim", "index_digest"]
+        assert set(pool["index_digest"]) == {index_digest(ci.candidates)}  # the index its cand_ids number
         assert pool["pair_id"].to_list() == part["pair_id"].to_list()
         assert stats["n_encoded"] == 30 and stats["queries"] == 30
         pools.append(pool)
@@ -433,7 +436,7 @@ def test_tiny_retriever_cache_skips_the_model(tmp_path, settings, tiny_qwen2vl, 
     assert pool2["cand_ids"].to_list() == pool["cand_ids"].to_list()
     # the one-call form still used by the unpartitioned asset gives the same pool
     legacy = build_candidate_pool(train, retriever, root, top_k=8, **kw)
-    assert legacy.pool.equals(pool) and calls == []
+    assert legacy.pool.equals(pool.drop("index_digest")) and calls == []
     assert legacy.query_emb.shape == (train.height, ci.embeddings.shape[1])
     np.testing.assert_array_equal(legacy.cand_emb, ci.embeddings)
 
@@ -444,3 +447,15 @@ def test_tiny_retriever_cache_skips_the_model(tmp_path, settings, tiny_qwen2vl, 
     (other / "config.json").write_text(json.dumps({**cfg, "note": "retrained"}))
     ci3 = build_candidate_index(train, other, root, tmp_path / "index3", **kw)
     assert ci3.stats["n_cached"] == 0 and sum(calls) == ci3.candidates.height
+
+
+def test_a_table_of_cand_ids_is_checked_against_the_index_that_numbers_them():
+    cands = pl.DataFrame({"cand_id": [0, 1], "cand_key": ["a", "b"]})
+    rebuilt = pl.DataFrame({"cand_id": [0, 1, 2], "cand_key": ["a", "c", "b"]})  # "b" is now id 2
+    pool = pl.DataFrame({"pair_id": ["p"], "cand_ids": [[1]], "index_digest": [index_digest(cands)]})
+    check_same_index(pool, cands, "candidate_pool[A]")
+    with pytest.raises(ValueError, match=r"candidate_pool\[A\] was built on another candidate index"):
+        check_same_index(pool, rebuilt, "candidate_pool[A]")
+    with pytest.raises(ValueError, match=r"mined_negatives\[A\] predates candidate-index digests"):
+        check_same_index(pool.drop("index_digest"), cands, "mined_negatives[A]")
+    check_same_index(pool.clear(), rebuilt, "candidate_pool[A]")  # an empty table numbers nothing

@@ -190,6 +190,55 @@ def test_resume_after_failure_matches_uninterrupted_run(tmp_path, settings, trai
     assert (done / "complete").exists() and loop._resume(None, done, fingerprint) == (0, {})
 
 
+def test_a_step_counts_only_once_every_rank_has_written_it(tmp_path, settings, training_set, monkeypatch):
+    """`latest` names a step only after the barrier that follows its save: a kill while a rank is
+    still writing step 4 resumes from step 2 (DeepSpeed's own `latest` is written before that barrier)."""
+    examples = embedder_examples(training_set, K)
+    cfg = EngineConfig(micro_batch_size=4, total_steps=6, lr=1e-3, warmup_steps=1, zero_stage=2)
+    policy = CheckpointPolicy(every=2, fingerprint="data-v1")
+    ckpts = tmp_path / "run" / "checkpoints"
+
+    def train():
+        return train_embedder(settings.embedder_base.path, examples, settings.train_image_root,
+                              tmp_path / "run", cfg, seed=5, gradcache_chunk=4, checkpoint=policy)  # fmt: skip
+
+    def killed_while_step4_is_written() -> None:
+        if (ckpts / "step00000004").is_dir():
+            raise InjectedFailure("killed before every rank finished step 4")
+
+    monkeypatch.setattr(loop, "barrier", killed_while_step4_is_written)
+    with pytest.raises(InjectedFailure):
+        train()
+    assert (ckpts / "latest").read_text().strip() == "step00000002"
+    monkeypatch.undo()
+    assert train().resumed_from == 2
+
+
+def test_a_base_replaced_at_the_same_path_is_not_resumed_from(tmp_path, settings, training_set, monkeypatch):
+    """The resume fingerprint holds the base's content: states trained from the old base are dropped."""
+    from safetensors.torch import save_file
+
+    base = tmp_path / "base"
+    shutil.copytree(settings.embedder_base.path, base)
+    examples = embedder_examples(training_set, K)
+    cfg = EngineConfig(micro_batch_size=4, total_steps=4, lr=1e-3, warmup_steps=1, zero_stage=2)
+    policy = CheckpointPolicy(every=2, fingerprint="data-v1")
+
+    def train():
+        return train_embedder(base, examples, settings.train_image_root, tmp_path / "run", cfg, seed=5,
+                              gradcache_chunk=4, checkpoint=policy)  # fmt: skip
+
+    monkeypatch.setenv(FAIL_AFTER_STEP_ENV, "3")
+    with pytest.raises(InjectedFailure):
+        train()
+    monkeypatch.delenv(FAIL_AFTER_STEP_ENV)
+    weights = _weights(base)
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1e-3  # another base, same path
+    save_file(weights, str(base / "model.safetensors"), metadata={"format": "pt"})
+    assert train().resumed_from == 0
+
+
 def test_rank_balance_guard(monkeypatch):
     model = torch.nn.ModuleDict({"visual": torch.nn.Linear(2, 2), "lm": torch.nn.Linear(2, 2)})
     cfg = EngineConfig(micro_batch_size=1, total_steps=1, zero_stage=2)

@@ -235,9 +235,15 @@ def load_settings(path: str | os.PathLike, overrides: dict | None = None) -> Set
         raise FileNotFoundError(
             f"settings file {p} not found: run `make demo` (embedded default) or point UNIME_SETTINGS at a YAML file"
         )
-    raw = yaml.safe_load(p.read_text()) or {}
+    try:
+        with open(p, encoding="utf-8") as fh:  # from the file object, YAML's message names it with the line
+            raw = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"settings file {p} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{p}: expected a mapping at the top level")
+        raise SettingsError(f"{p}: expected a mapping at the top level")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise SettingsError(f"settings overrides must be a mapping (e.g. {{embedder: {{steps: 10}}}}), got {overrides!r}")
     try:
         return Settings.model_validate(deep_merge(raw, overrides or {}))
     except ValidationError as exc:  # one line per setting at fault, no pydantic internals

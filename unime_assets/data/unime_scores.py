@@ -50,7 +50,7 @@ from unime_assets.data.errors import DataValidationError
 from unime_assets.data.mmeb import pair_id
 from unime_assets.io import atomic_path
 
-__all__ = ["FIELDS", "PipelineTables", "from_pipeline_tables", "read", "to_pipeline_tables", "write"]
+__all__ = ["FIELDS", "PipelineTables", "check_usable", "from_pipeline_tables", "read", "to_pipeline_tables", "write"]
 
 FIELDS: dict[str, pl.DataType] = {
     "query_text": pl.String(),
@@ -150,6 +150,9 @@ def read(path: str | os.PathLike) -> pl.DataFrame:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
+    except UnicodeDecodeError as e:
+        raise DataValidationError(f"{file}: not UTF-8 text: byte {e.start} cannot be decoded ({e.reason})",
+                                  file=file) from e  # fmt: skip
     except json.JSONDecodeError as e:
         raise DataValidationError(
             f"{file}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", file=file
@@ -159,6 +162,35 @@ def read(path: str | os.PathLike) -> pl.DataFrame:
             f"{file}: expected a JSON list of records, got {type(data).__name__}", file=file
         )
     return pl.DataFrame(_columns(file, data), schema=FIELDS)
+
+
+def check_usable(df: pl.DataFrame, file: str, *, k_negatives: int, image_root: str | os.PathLike,
+                 check_images: str = "exists") -> None:  # fmt: skip
+    """What `read` cannot know, checked before any training: every record holds at least `k_negatives`
+    hard negatives (training takes k of them), and every image it names passes `check_images`
+    ("none", "exists", "verify", "open") inside `image_root`. Raises naming file, record and field."""
+    from unime_assets.data.image_checks import image_problems
+    from unime_assets.data.images import resolve_image_path
+
+    short = df.with_row_index("_i").filter(pl.col("hard_negatives").list.len() < k_negatives)
+    if short.height:
+        i, n = short["_i"][0], short["hard_negatives"][0].len()
+        raise _fail(file, i, "hard_negatives", f"has {n} candidates; training takes embedder.k_negatives = "
+                    f"{k_negatives} ({short.height} record(s) have fewer)")  # fmt: skip
+    if check_images == "none":
+        return
+    where: dict[str, tuple[int, str]] = {}  # image path -> its first (record, field)
+    for i, (qi, pi, negs) in enumerate(df.select("query_image", "pos_image", "hard_negatives").iter_rows()):
+        for path, field in ((qi, "query_image"), (pi, "pos_image"),
+                            *((n[1], f"hard_negatives[{j}]") for j, n in enumerate(negs))):  # fmt: skip
+            if path and path not in where:
+                where[path] = (i, field)
+    bad = image_problems(pl.Series(list(where), dtype=pl.String), image_root, check_images, resolve_image_path)
+    if bad.height:
+        first = min(bad.iter_rows(named=True), key=lambda r: where[r["path"]])
+        i, field = where[first["path"]]
+        raise _fail(file, i, field, f"image {first['path']!r}: {first['reason']} ({first['detail']}); "
+                    f"{bad.height} image(s) fail the {check_images!r} check under {image_root}")  # fmt: skip
 
 
 def _check_frame(df: pl.DataFrame, what: str) -> None:

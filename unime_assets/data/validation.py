@@ -436,7 +436,10 @@ def write_validated(
     """Write `result.clean` to `out_path` and `result.quarantine` to `quarantine_path` (parquet).
 
     Both go to temporary files first and are renamed into place only when both are complete, so a
-    failure leaves neither new file (and any previous ones intact). Quarantined rows without a
+    failure leaves neither new file (and any previous ones intact). The quarantine is renamed first: a
+    kill between the two renames leaves the new quarantine beside the previous table (never a table
+    whose dropped rows are recorded nowhere), and the materialization, unfinished, runs again and
+    rewrites both. Quarantined rows without a
     `quarantine_path` are refused: rows would vanish without a record.
     """
     if quarantine_path is None and result.quarantine.height:

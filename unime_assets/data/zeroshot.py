@@ -21,6 +21,7 @@ safe rules as MMEB, including the `images/` fallback):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -85,15 +86,31 @@ def _retrieval(name: str, root: Path, images: list[str], captions: list[list[str
     return RetrievalSet(name, root, images, flat, owner)
 
 
+def _get(entry: object, key: str, where: str, kind: type | tuple[type, ...] = str):
+    """entry[key], of type `kind`; otherwise an error naming the file, the entry and the field."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+    if key not in entry:
+        raise ValueError(f"{where}: field {key!r} is missing")
+    value = entry[key]
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
 def _karpathy(name: str, root: Path, file: Path, max_captions: int | None) -> RetrievalSet:
     data = json.loads(file.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected the Karpathy-split object with an 'images' list, got {type(data).__name__}")
     images, captions = [], []
-    for im in data.get("images", []):
-        if im.get("split") != "test":
+    for i, im in enumerate(_get(data, "images", str(file), list)):
+        where = f"{file}: images[{i}]"
+        if _get(im, "split", where) != "test":
             continue
-        rel = "/".join(p for p in (im.get("filepath", ""), im["filename"]) if p)
+        rel = "/".join(p for p in (im.get("filepath", ""), _get(im, "filename", where)) if p)
         images.append(rel)
-        captions.append([s["raw"] for s in im.get("sentences", [])][:max_captions])
+        sentences = _get(im, "sentences", where, list)
+        captions.append([_get(x, "raw", f"{where}.sentences[{j}]") for j, x in enumerate(sentences)][:max_captions])
     return _retrieval(name, root, images, captions)
 
 
@@ -103,32 +120,39 @@ def _hf_parquet(
     import pyarrow.parquet as pq
 
     images, captions = [], []
-    out_root = root
+    embedded, by_path = 0, 0  # extracted images live under extract_dir, the others under root: not both
     for f in files:
         table = pq.read_table(f)
         missing = {"image", "text"} - set(table.column_names)
         if missing:
             raise ValueError(f"{f}: {name} parquet needs columns image and text; missing {sorted(missing)}")
-        for row in table.select(["image", "text"]).to_pylist():
+        for r, row in enumerate(table.select(["image", "text"]).to_pylist()):
             img, texts = row["image"], row["text"]
+            if texts is None:
+                raise ValueError(f"{f}: row {r}: field 'text' is empty")
             texts = [texts] if isinstance(texts, str) else list(texts)
             if isinstance(img, dict) and img.get("bytes"):
                 if extract_dir is None:
                     raise ValueError(f"{name}: {f} embeds image bytes; pass extract_dir to write them to")
                 ext = Path(img.get("path") or "x.jpg").suffix or ".jpg"
-                rel = f"{len(images):06d}{ext}"
+                # named by content: another parquet (or a changed one) never reuses an older extraction
+                rel = f"{hashlib.sha256(img['bytes']).hexdigest()[:24]}{ext}"
                 dest = Path(extract_dir) / name / rel
                 if not dest.is_file():
                     with atomic_path(dest) as tmp:
                         tmp.write_bytes(img["bytes"])
-                out_root = Path(extract_dir) / name
+                embedded += 1
             else:
+                by_path += 1
                 rel = img.get("path") if isinstance(img, dict) else img
                 if not rel:
-                    raise ValueError(f"{f}: row {len(images)} has neither image bytes nor a path")
+                    raise ValueError(f"{f}: row {r}: field 'image' has neither bytes nor a path")
             images.append(rel)
             captions.append(texts[:max_captions])
-    return _retrieval(name, out_root, images, captions)
+    if embedded and by_path:
+        raise ValueError(f"{name}: {embedded} rows embed their image and {by_path} give a path; one image root "
+                         "cannot hold both (convert the set to one form)")  # fmt: skip
+    return _retrieval(name, Path(extract_dir) / name if embedded else root, images, captions)
 
 
 def read_flickr_coco(name: str, root: str | os.PathLike, *, max_captions: int | None = None,
@@ -157,13 +181,18 @@ def read_sharegpt4v(root: str | os.PathLike, n: int = 1000) -> RetrievalSet:
                 f"sharegpt4v: {SHAREGPT4V_FILE} not under {root} (and not exactly one *.json)"
             )
         file = found[0]
-    entries = json.loads(file.read_text())[:n]
+    entries = json.loads(file.read_text())
+    if not isinstance(entries, list):
+        raise ValueError(f"{file}: expected a JSON list of entries, got {type(entries).__name__}")
     images, captions = [], []
-    for e in entries:
-        gpt = [c["value"] for c in e["conversations"] if c.get("from") == "gpt"]
+    for i, e in enumerate(entries[:n]):
+        where = f"{file}: entry {i}"
+        turns = _get(e, "conversations", where, list)
+        gpt = [_get(c, "value", f"{where}.conversations[{j}]") for j, c in enumerate(turns)
+               if isinstance(c, dict) and c.get("from") == "gpt"]  # fmt: skip
         if not gpt:
-            raise ValueError(f"sharegpt4v: entry {e.get('id', len(images))} has no gpt turn")
-        images.append(e["image"])
+            raise ValueError(f"{where}: no gpt turn in 'conversations'")
+        images.append(_get(e, "image", where))
         captions.append([gpt[0].replace("\n", " ")])
     return _retrieval("sharegpt4v", root, images, captions)
 
@@ -194,7 +223,10 @@ def read_sugarcrepe(root: str | os.PathLike) -> CompositionSet:
         f = root / f"{sub}.json"
         if f.is_file():
             data = json.loads(f.read_text())
-            out.subsets[sub] = [(v["filename"], v["caption"], v["negative_caption"]) for v in data.values()]
+            if not isinstance(data, dict):
+                raise ValueError(f"{f}: expected a JSON object of examples, got {type(data).__name__}")
+            out.subsets[sub] = [(_get(v, "filename", f"{f}: example {k!r}"), _get(v, "caption", f"{f}: example {k!r}"),
+                                 _get(v, "negative_caption", f"{f}: example {k!r}")) for k, v in data.items()]  # fmt: skip
             _check_images(image_root, [t[0] for t in out.subsets[sub]], f"sugarcrepe/{sub}")
     if not out.subsets:
         raise FileNotFoundError(

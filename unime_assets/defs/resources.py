@@ -8,7 +8,7 @@ import dagster as dg
 import yaml
 
 from unime_assets import tracking
-from unime_assets.config import Settings, default_settings_file, load_settings, unime_home
+from unime_assets.config import Settings, SettingsError, default_settings_file, load_settings, unime_home
 
 # Dagster run outcome -> the MLflow status its runs end with (a run still going: None, left alone).
 MLFLOW_STATUS = {dg.DagsterRunStatus.SUCCESS: "FINISHED", dg.DagsterRunStatus.FAILURE: "FAILED",
@@ -26,7 +26,10 @@ class SettingsResource(dg.ConfigurableResource):
     overrides_yaml: str = ""  # e.g. "embedder: {steps: 10}" from the Launchpad
 
     def get(self) -> Settings:
-        overrides = yaml.safe_load(self.overrides_yaml) if self.overrides_yaml.strip() else None
+        try:
+            overrides = yaml.safe_load(self.overrides_yaml) if self.overrides_yaml.strip() else None
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"settings resource: overrides_yaml is not valid YAML: {exc}") from None
         s = load_settings(self.settings_file or default_settings_file(), overrides)
         from unime_assets.models.loading import set_torch_threads, trust_remote_code_for
 

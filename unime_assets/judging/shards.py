@@ -25,6 +25,17 @@ SHARD_SCHEMA = {"pair_id": pl.Utf8, "pos_score": pl.Float64, "cand_scores": pl.L
 MANIFEST = "cache/current-shards.json"  # beside the image digests: the folder itself holds only shards
 
 
+def shard_folder(judge_scores_dir: str | os.PathLike, judge: str, subset: str) -> Path:
+    """Where one judge's shards of one train subset live (the asset writes, garbage collection reads)."""
+    return Path(judge_scores_dir) / "shards" / judge / subset
+
+
+def shard_folders(judge_scores_dir: str | os.PathLike) -> list[Path]:
+    """Every (judge, subset) shard folder under the judge_scores artifacts folder."""
+    root = Path(judge_scores_dir) / "shards"
+    return sorted(p for p in root.glob("*/*") if p.is_dir()) if root.is_dir() else []
+
+
 def content_hash(pair_ids: Sequence[str], groups: Sequence[tuple[Item, Sequence[Item]]],
                  image_digest: Callable[[str], str]) -> str:  # fmt: skip
     """Hash of a shard's inputs: pair ids, every query's and candidate's text and image *bytes*

@@ -15,7 +15,13 @@ Public functions: `build_candidate_index`, `search_candidate_pool`, `build_candi
 """
 
 from unime_assets.data.candidates import build_candidate_table, candidate_key
-from unime_assets.retrieval.candidate_index import CandidateIndex, build_candidate_index
+from unime_assets.retrieval.candidate_index import (
+    INDEX_DIGEST,
+    CandidateIndex,
+    build_candidate_index,
+    check_same_index,
+    index_digest,
+)
 from unime_assets.retrieval.delta_audit import delta_rule_audit
 from unime_assets.retrieval.embedding_cache import EmbeddingCache
 from unime_assets.retrieval.encoder import Retriever, as_retriever, encode_cached
@@ -40,6 +46,7 @@ from unime_assets.retrieval.search import (
 )
 
 __all__ = [
+    "INDEX_DIGEST",
     "INDEX_KINDS",
     "MAX_SEARCH_DEPTH",
     "POOL_SCHEMA",
@@ -55,11 +62,13 @@ __all__ = [
     "build_candidate_table",
     "build_index",
     "candidate_key",
+    "check_same_index",
     "default_nlist",
     "delta_rule_audit",
     "encode_cached",
     "exact_filtered_topk",
     "faiss_num_gpus",
+    "index_digest",
     "make_index",
     "pool_frame",
     "search_below_positive",

@@ -42,6 +42,32 @@ def _digest(values: Sequence[str]) -> str:
     return hash_fields("values", *values)[:32]
 
 
+def index_digest(candidates: pl.DataFrame) -> str:
+    """Identity of the cand_id numbering: a digest of the candidates' keys in cand_id order. Tables that
+    store cand_ids (candidate pools, mined negatives) carry it, so a table built on an older index is
+    detected instead of read with ids that now name other candidates."""
+    return _digest(candidates["cand_key"].to_list())
+
+
+INDEX_DIGEST = "index_digest"  # the column that carries it
+
+
+def check_same_index(table: pl.DataFrame, candidates: pl.DataFrame, name: str) -> None:
+    """Raise naming `name` (e.g. "candidate_pool[SynColor]") when `table` was built on another index
+    than `candidates` (the current one): rebuilding the index renumbers cand_ids, so its ids would
+    silently name other candidates."""
+    if table.is_empty():
+        return
+    if INDEX_DIGEST not in table.columns:
+        raise ValueError(f"{name} predates candidate-index digests (no {INDEX_DIGEST} column): re-materialize it")
+    current, stored = index_digest(candidates), set(table[INDEX_DIGEST].unique().to_list())
+    if stored != {current}:
+        raise ValueError(
+            f"{name} was built on another candidate index than the current one (its cand_ids number other "
+            f"candidates since candidate_index was rebuilt): re-materialize it from candidate_pool on"
+        )
+
+
 @dataclass
 class CandidateIndex:
     """The global pool: candidates table, their embeddings (row i = cand_id i) and a CPU FAISS index."""
@@ -83,7 +109,7 @@ class CandidateIndex:
             "embeddings": emb.shape[0],
             "index": index.ntotal,
         }
-        if len(set(sizes.values())) != 1 or meta["cand_keys_digest"] != _digest(cands["cand_key"].to_list()):
+        if len(set(sizes.values())) != 1 or meta["cand_keys_digest"] != index_digest(cands):
             raise ValueError(f"candidate index {p} is inconsistent ({sizes}): re-materialize candidate_index")
         return cls(cands, emb, index, meta, p)
 
@@ -183,7 +209,7 @@ def build_candidate_index(
         "reused": False,
     }
     meta = {**identity, "format": 1, "n_candidates": candidates.height, "dim": int(emb.shape[1]),
-            "cand_keys_digest": _digest(candidates["cand_key"].to_list()), "stats": stats}  # fmt: skip
+            "cand_keys_digest": index_digest(candidates), "stats": stats}  # fmt: skip
     ci = CandidateIndex(candidates, emb, index, meta, out)
     _write_index_dir(out, ci)
     return ci

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from unime_assets.data.candidates import candidate_key
-from unime_assets.retrieval.candidate_index import CandidateIndex, build_candidate_index
+from unime_assets.retrieval.candidate_index import INDEX_DIGEST, CandidateIndex, build_candidate_index
 from unime_assets.retrieval.encoder import Retriever, as_retriever, encode_cached, items_of
 from unime_assets.retrieval.faiss_index import IndexKind
 from unime_assets.retrieval.search import POOL_SCHEMA, pool_frame, search_below_positive
@@ -106,18 +106,19 @@ def search_candidate_pool(
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """One partition's queries against the global index: (pool, stats).
 
-    pool: `pair_id, pos_cand_id, cand_ids (list[i64]), cand_sims (list[f32]), pos_sim`, rows in
+    pool: `pair_id, pos_cand_id, cand_ids (list[i64]), cand_sims (list[f32]), pos_sim, index_digest`, rows in
     `train_part` order; per query the `top_k` most similar candidates strictly below its positive's
     similarity (δ rule), the positive's own row excluded, in retrieval order. The positive is found
     by its (text, image) key in the index's candidates table; a missing one is an error naming the
-    pair_id. Query embeddings come from the cache under `cache_dir` where present.
+    pair_id. Query embeddings come from the cache under `cache_dir` where present. `index_digest` names
+    the index searched (`candidate_index.index_digest`): its cand_ids mean something only under it.
     """
     ci = index if isinstance(index, CandidateIndex) else CandidateIndex.load(index)
     pool, stats, _ = _search_partition(
         train_part, ci, as_retriever(retriever_path), image_root, cache_dir=cache_dir, top_k=top_k,
         batch_size=batch_size, chunk=chunk, use_gpu=use_gpu, nprobe=nprobe, ef_search=ef_search, progress=progress,
     )  # fmt: skip
-    return pool, stats
+    return pool.with_columns(pl.lit(ci.meta["cand_keys_digest"], pl.String).alias(INDEX_DIGEST)), stats
 
 
 # --- the unpartitioned pool (all training queries at once) ----------------------------------------

@@ -15,7 +15,14 @@ from unime_assets.losses import OFFICIAL_LOG_EPS, info_nce_loss, judge_alignment
 from unime_assets.models.encoding import ImageLoader, Item, embed_inputs, forward_embeddings
 from unime_assets.training.engine import EngineConfig, all_reduce_mean, gather_with_grad, world_size
 from unime_assets.training.gradcache import backward_count, full_batch_step, gradcache_step
-from unime_assets.training.loop import CheckpointPolicy, StepLogger, TrainResult, prepare, train_and_export
+from unime_assets.training.loop import (
+    CheckpointPolicy,
+    StepLogger,
+    TrainResult,
+    base_identity,
+    prepare,
+    train_and_export,
+)
 
 EMBEDDER_LOSSES = ("judge_kl", "infonce_mined", "infonce_inbatch")
 
@@ -122,7 +129,7 @@ def train_embedder(
         pos_sim = float(torch.einsum("bd,bd->b", q, c.view(len(batch), n_cands, -1)[:, 0]).mean())
         return float(loss), {"pos_sim": all_reduce_mean(pos_sim)}
 
-    identity = {"task": "embedder", "base": str(base_path), "mode": mode, "temperature": temperature,
+    identity = {"task": "embedder", **base_identity(base_path), "mode": mode, "temperature": temperature,
                 "gradcache": gradcache_chunk, "loss_eps": loss_eps, "image_size": image_size, "max_len": max_len}  # fmt: skip
     return train_and_export(t, engine_cfg, len(examples), micro_step, out_dir, desc="embedder", seed=seed,
                             log=log, lora=lora, checkpoint=checkpoint, identity=identity)

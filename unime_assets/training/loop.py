@@ -10,8 +10,9 @@ per step does not depend on the number of ranks.
 Resumption: with a `CheckpointPolicy`, DeepSpeed checkpoints (weights, optimizer, scheduler,
 step, losses so far) go to `<out_dir>/checkpoints/` every N steps; they are read back weights-only
 (training/resume_states.py), so a file planted there cannot run code. A run with the same
-fingerprint resumes from the latest one; the data order is replayed up to that step and the RNG
-is reseeded from (seed, step) at every step, so a resumed run sees what an uninterrupted one does.
+fingerprint (data, hyper-parameters, the base checkpoint's content) resumes from the latest one every
+rank finished writing; the data order is replayed up to that step and the RNG is reseeded from
+(seed, step) at every step, so a resumed run sees what an uninterrupted one does.
 Per-step metrics go to a callback on rank 0 (MLflow / Dagster Pipes upstream).
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unime_assets.config import LoraConfig
-from unime_assets.fingerprints import hash_fields
+from unime_assets.fingerprints import checkpoint_fingerprint, hash_fields
 from unime_assets.io import atomic_dir, atomic_path
 from unime_assets.models.encoding import ImageLoader
 from unime_assets.models.loading import load_model
@@ -162,6 +163,13 @@ def _grad_norm(engine) -> float:
 # checkpoints
 
 
+def base_identity(base_path: str | os.PathLike) -> dict[str, str]:
+    """The base a run starts from, for its resume fingerprint: the path and the checkpoint's content, so
+    a base replaced at the same path (a re-materialized `pretrained_base`, an updated checkpoint)
+    starts a clean run instead of restoring states trained from the old one."""
+    return {"base": str(base_path), "base_fingerprint": checkpoint_fingerprint(base_path)}
+
+
 def run_fingerprint(policy: CheckpointPolicy, cfg: EngineConfig, extra: dict) -> str:
     payload = {"user": policy.fingerprint, "engine": asdict(cfg), "world_size": world_size(), **extra}
     return hash_fields("train-run", json.dumps(payload, sort_keys=True, default=str))[:16]
@@ -194,10 +202,15 @@ def _resume(engine, ckpt_dir: Path, fingerprint: str) -> tuple[int, History]:
 
 
 def _save(engine, ckpt_dir: Path, step: int, history: History, keep: int) -> None:
-    state = {"step": step, "history": history}
-    engine.save_checkpoint(str(ckpt_dir), tag=f"step{step:08d}", client_state=state)
+    state, tag = {"step": step, "history": history}, f"step{step:08d}"
+    # DeepSpeed's rank 0 writes `latest` before the closing barrier, while other ranks may still be
+    # writing their files: a kill then leaves `latest` naming a step no resume can load. We commit the
+    # tag ourselves once every rank has finished (`latest` is what `load_checkpoint` reads).
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
     barrier()
-    if rank() == 0:  # `latest` already points at the new tag; older ones beyond `keep` go
+    if rank() == 0:  # commit, then drop the oldest tags beyond `keep`
+        with atomic_path(ckpt_dir / "latest") as tmp:
+            tmp.write_text(tag)
         tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
         for old in tags[: max(0, len(tags) - keep)]:
             shutil.rmtree(old, ignore_errors=True)

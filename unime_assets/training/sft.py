@@ -12,7 +12,14 @@ from unime_assets.config import LoraConfig
 from unime_assets.models.encoding import ImageLoader
 from unime_assets.reranking import MaxPixels, SFTExample, sft_batch
 from unime_assets.training.engine import EngineConfig, all_reduce_mean
-from unime_assets.training.loop import CheckpointPolicy, StepLogger, TrainResult, prepare, train_and_export
+from unime_assets.training.loop import (
+    CheckpointPolicy,
+    StepLogger,
+    TrainResult,
+    base_identity,
+    prepare,
+    train_and_export,
+)
 
 
 def train_sft(
@@ -48,7 +55,7 @@ def train_sft(
         t.backward(loss / engine_cfg.grad_accum)
         return all_reduce_mean(float(loss.detach())), {}
 
-    identity = {"task": role, "base": str(base_path), "label_mask": label_mask, "max_pixels": max_pixels}
+    identity = {"task": role, **base_identity(base_path), "label_mask": label_mask, "max_pixels": max_pixels}
     return train_and_export(t, engine_cfg, len(examples), micro_step, out_dir, desc=role, seed=seed, log=log,
                             lora=lora, checkpoint=checkpoint, identity=identity)
 

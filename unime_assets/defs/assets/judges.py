@@ -36,10 +36,13 @@ def judge_scores_asset(name: str) -> dg.AssetsDefinition:
                       candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource):  # fmt: skip
         from unime_assets.defs.assets.models import check_judge_family
         from unime_assets.judging import PROMPT_VERSION, score_candidate_pool, score_quality
+        from unime_assets.judging.shards import shard_folder
+        from unime_assets.retrieval import check_same_index
 
         s = settings.get()
         subset = context.partition_key
         check_partition(s, subset, "train")
+        check_same_index(candidate_pool, candidate_index, f"candidate_pool[{subset}]")
         spec, path = s.judge_spec(name), s.judge_checkpoint(name)
         family = check_judge_family(spec, path)
         n_pairs = candidate_pool.height + int(candidate_pool["cand_ids"].list.len().sum())
@@ -64,7 +67,7 @@ def judge_scores_asset(name: str) -> dg.AssetsDefinition:
                             "prompt_version": PROMPT_VERSION, "pairs": n_pairs,
                             **j.model_dump(exclude_none=True), "backend": backend,
                             **upstream_run_ids(context, ["candidate_pool", f"judge_model/{name}"])})  # fmt: skip
-            shard_dir = s.asset_dir("judge_scores") / "shards" / name / subset
+            shard_dir = shard_folder(s.asset_dir("judge_scores"), name, subset)
             with naming_rows(f"judge_scores/{name}[{subset}]", mmeb_train, TRAIN_ITEMS, "pair_id"):
                 df = score_candidate_pool(mmeb_train, candidate_index, candidate_pool, str(path),
                                           str(s.train_image_root), batch_size=j.batch_size, on_batch=progress,

@@ -125,17 +125,21 @@ def mined_negatives_asset(judges: list[str]) -> dg.AssetsDefinition:
                         candidate_index: pl.DataFrame, settings: SettingsResource, mlflow: MlflowResource,
                         **scores: pl.DataFrame):  # fmt: skip
         from unime_assets.mining import filter_rates, kept_and_dropped, mine_table
+        from unime_assets.retrieval import INDEX_DIGEST, check_same_index, index_digest
 
         s = settings.get()
         check_partition(s, context.partition_key, "train")
+        check_same_index(candidate_pool, candidate_index, f"candidate_pool[{context.partition_key}]")
         source, key, judge_scores = scores_for_mining(s, scores, context.partition_key)
         m = s.mining
         with mlflow.run(context) as run:
             run.log_params({**m.model_dump(), "judge": source, **upstream_run_ids(context, [key])})
             df = mine_table(judge_scores, candidate_pool, m, n_pool=candidate_index.height)
             # Training reads the positive's score from the same source as the negatives' scores.
+            # ... and the index its cand_ids number, which training_set checks against the current one.
             df = df.with_columns(pl.Series("pos_score", judge_scores["pos_score"], pl.Float64),
-                                 pl.lit(source, pl.String).alias("judge"))  # fmt: skip
+                                 pl.lit(source, pl.String).alias("judge"),
+                                 pl.lit(index_digest(candidate_index), pl.String).alias(INDEX_DIGEST))  # fmt: skip
             kept, dropped = kept_and_dropped(judge_scores, candidate_pool, m)
             stats = {"queries": df.height, "fallback_fraction": float(df["fallback"].mean()),
                      "mean_survivors": float(df["n_survivors"].mean()),
@@ -220,7 +224,11 @@ def training_set(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Dat
     out_dir = s.asset_dir("training_set")
     with mlflow.run(context) as run:
         if src.source == "official":
-            imported = unime_scores.to_pipeline_tables(unime_scores.read(src.official_scores_file),
+            records = unime_scores.read(src.official_scores_file)
+            # before any training: k negatives per record, every image inside the train image root
+            unime_scores.check_usable(records, str(src.official_scores_file), k_negatives=s.embedder.k_negatives,
+                                      image_root=s.train_image_root, check_images=s.validation.check_images)  # fmt: skip
+            imported = unime_scores.to_pipeline_tables(records,
                                                        default_subset=src.official_default_subset,
                                                        source=str(src.official_scores_file))  # fmt: skip
             df = build_training_set(
@@ -233,6 +241,10 @@ def training_set(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Dat
                 raise ValueError(
                     "training_data.source is 'mined' but no mined_negatives partition is materialized"
                 )
+            from unime_assets.retrieval import check_same_index
+
+            for part, mined_part in mined_negatives.items():
+                check_same_index(mined_part, candidate_index, f"mined_negatives[{part}]")
             mined = concat_partitions(mined_negatives)
             if "pos_score" not in mined.columns:
                 raise ValueError("mined_negatives partitions predate judge selection (no pos_score column); "

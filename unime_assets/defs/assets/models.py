@@ -163,7 +163,7 @@ def _bootstrap_judge(context, run, tracking_uri: str, s, spec, train: pl.DataFra
                       image_root=str(s.train_image_root), out_dir=str(out), steps=b.judge_steps,
                       batch_size=b.judge_batch_size, lr=b.judge_lr, warmup_steps=b.judge_steps // 10,
                       zero_stage=s.reranker.zero_stage, seed=0, label_mask="answer_eos",
-                      mlflow_tracking_uri=tracking_uri, mlflow_run_id=run.run_id,
+                      trust_remote_code=spec.trust_remote_code, mlflow_tracking_uri=tracking_uri, mlflow_run_id=run.run_id,
                       log_every=max(1, b.judge_steps // 10), torch_threads=s.torch_threads)  # fmt: skip
     run.log_params({"base": base, "bootstrap": True, "steps": b.judge_steps, "lr": b.judge_lr,
                     "batch_size": b.judge_batch_size, "pairs": train.height})  # fmt: skip
