@@ -38,6 +38,7 @@ COLUMNS: dict[str, str] = {
     "cand_ids": "top-K retrieved candidates, most similar first, strictly below the positive's similarity (δ rule)",
     "cand_sims": "retriever cosine of each candidate, aligned with cand_ids",
     "pos_sim": "retriever cosine of the query and its positive (δ)",
+    "index_digest": "digest of the candidate_index whose numbering the cand_ids use; a rebuilt index gives another",
     "pos_score": "judge score of (query, positive): e^yes / (e^yes + e^no) at the first generated token",
     "cand_scores": "judge score of each (query, candidate), aligned with candidate_pool.cand_ids",
     "neg_cand_ids": "the k mined negatives (cand_ids), in sampling order",
