@@ -40,6 +40,10 @@ def test_broken_yaml_and_overrides_that_are_no_mapping_name_the_file(tmp_path):
     p.write_text("embedder:\n  steps: 3\n lr: [1e-4\n")
     with pytest.raises(SettingsError, match=rf"(?s)settings file {p} is not valid YAML.*in \"{p}\", line 3"):
         load_settings(p)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("train_root: /data/caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(SettingsError, match=rf"settings file {latin1} is not UTF-8 text"):
+        load_settings(latin1)
     good = _write(tmp_path, _base(tmp_path))
     with pytest.raises(SettingsError, match=r"overrides must be a mapping.*got \['embedder'\]"):
         load_settings(good, ["embedder"])

@@ -190,6 +190,10 @@ def test_records_that_cannot_train_are_named_before_training(tmp_path: Path) -> 
     with pytest.raises(DataValidationError, match=r"s.json: record 1: field 'hard_negatives\[1\]': image "
                        r"'images/OK-VQA/Train/missing.jpg': missing_image"):  # fmt: skip
         us.check_usable(df, "s.json", k_negatives=2, image_root=root)
+    both = record(query_text="q2", query_image="images/OK-VQA/Train/gone.jpg", hard_negatives=negs)
+    df = us.read(dump(tmp_path / "s.json", [good, both]))
+    with pytest.raises(DataValidationError, match=r"record 1: field 'query_image'"):  # the record's first bad field
+        us.check_usable(df, "s.json", k_negatives=2, image_root=root)
     escape = record(query_text="q3", pos_image="../outside.jpg")
     df = us.read(dump(tmp_path / "s.json", [good, escape]))
     with pytest.raises(DataValidationError, match=r"record 1: field 'pos_image': image '../outside.jpg'"):

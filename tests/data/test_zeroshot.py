@@ -65,6 +65,9 @@ def test_hf_parquet_with_embedded_bytes_is_extracted_once(tmp_path):
     assert ds.image_root == tmp_path / "x" / "flickr30k" and len(set(ds.images)) == 2
     assert all(name.endswith(".png") for name in ds.images) and ds.caption_image == [0, 0, 1]
     assert Image.open(ds.image_root / ds.images[1]).getpixel((0, 0)) == (0, 0, 255)
+    written = {n: (ds.image_root / n).stat().st_mtime_ns for n in ds.images}
+    again = read_zeroshot("flickr30k", root, extract_dir=tmp_path / "x")
+    assert {n: (again.image_root / n).stat().st_mtime_ns for n in again.images} == written  # not rewritten
     # the parquet replaced (rows swapped): the images follow their rows, not the earlier extraction
     pq.write_table(table.take([1, 0]), root / "data" / "test-00000-of-00001.parquet")
     swapped = read_zeroshot("flickr30k", root, extract_dir=tmp_path / "x")

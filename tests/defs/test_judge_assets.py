@@ -265,11 +265,25 @@ def test_ablation_runs_train_from_each_judge_and_report_table5(env):
 
 
 def test_garbage_collection_looks_where_the_judges_write_their_shards(env):
+    import os
+    import shutil
+
     from unime_assets.judging.shards import MANIFEST, shard_folders
+    from unime_assets.maintenance import find_garbage
 
     folders = shard_folders(env["root"] / "assets" / "judge_scores")
     assert {(p.parent.name, p.name) for p in folders} == {(j, t) for j in JUDGES for t in TRAIN}
     assert all((p / MANIFEST).is_file() for p in folders)  # each scoring finished and named its shards
+    planted = []
+    for folder in folders:  # a shard of an earlier scoring (another prompt, say), older than the manifest
+        stale = folder / "judge-999999-stale.parquet"
+        shutil.copy(next(folder.glob("judge-*.parquet")), stale)
+        os.utime(stale, (1.0, 1.0))
+        planted.append(stale)
+    found = {g.path for g in find_garbage(env["root"] / "assets") if g.kind == "judge_shard"}
+    assert found == set(planted)
+    for p in planted:
+        p.unlink()
 
 
 def _step_error(env, selection, partition=None) -> str:
@@ -292,10 +306,24 @@ def test_tables_mined_on_a_rebuilt_candidate_index_are_refused_until_re_mined(en
     aside.rename(aside.with_suffix(".aside"))
     _run(env, ["candidate_index"])
     aside.with_suffix(".aside").rename(aside)
+    stale = "was built on another candidate index"
+    # SynColor's pool re-run on the new index, its judge scores not: those are aligned with the old pool
+    _run(env, ["candidate_pool"], TRAIN[0])
+    assert f"judge_scores/{JUDGES[0]}[{TRAIN[0]}] {stale}" in _step_error(env, ["mined_negatives"], TRAIN[0])
     _run(env, chain, TRAIN[0])  # SynColor re-mined; SynCaps_t2i still holds the old index's ids
-    assert f"mined_negatives[{TRAIN[1]}] was built on another candidate index" in _step_error(env, ["training_set"])
-    assert f"candidate_pool[{TRAIN[1]}] was built on another candidate index" in _step_error(
-        env, [f"judge_scores/{JUDGES[0]}"], TRAIN[1])
+    assert f"mined_negatives[{TRAIN[1]}] {stale}" in _step_error(env, ["training_set"])
+    for asset in (f"judge_scores/{JUDGES[0]}", "mined_negatives"):
+        assert f"candidate_pool[{TRAIN[1]}] {stale}" in _step_error(env, [asset], TRAIN[1])
+    from unime_assets.ablation import training_set_for
+    from unime_assets.config import load_settings
+
+    s, index = load_settings(env["root"] / "settings.yaml"), _table(env, "candidate_index.parquet")
+    pool, scores = (_table(env, *path, f"{TRAIN[1]}.parquet") for path in (("candidate_pool",),
+                                                                           ("judge_scores", JUDGES[0])))  # fmt: skip
+    with pytest.raises(ValueError, match=rf"candidate_pool\[{TRAIN[1]}\] {stale}"):  # the ablation's runs too
+        training_set_for(s, _table(env, "mmeb_train", f"{TRAIN[1]}.parquet"), index, {TRAIN[1]: pool},
+                         {TRAIN[1]: scores})  # fmt: skip
+
     # rebuilt from both subsets and re-mined: the same training set as before
     _run(env, ["candidate_index"])
     for p in TRAIN:

@@ -54,6 +54,7 @@ def training_set_for(settings, train: pl.DataFrame, candidates: pl.DataFrame, po
     mined = []
     for subset, js in scores.items():
         check_same_index(pools[subset], candidates, f"candidate_pool[{subset}]")
+        check_same_index(js, candidates, f"judge scores of {subset} ({settings.mining_judge})")
         df = mine_table(js, pools[subset], settings.mining, n_pool=candidates.height)
         mined.append(df.with_columns(pl.Series("pos_score", js["pos_score"], pl.Float64)))
     table = pl.concat(mined)

@@ -240,6 +240,8 @@ def load_settings(path: str | os.PathLike, overrides: dict | None = None) -> Set
             raw = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
         raise SettingsError(f"settings file {p} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"settings file {p} is not UTF-8 text: byte {exc.start} ({exc.reason})") from None
     if not isinstance(raw, dict):
         raise SettingsError(f"{p}: expected a mapping at the top level")
     if overrides is not None and not isinstance(overrides, dict):

@@ -179,16 +179,16 @@ def check_usable(df: pl.DataFrame, file: str, *, k_negatives: int, image_root: s
                     f"{k_negatives} ({short.height} record(s) have fewer)")  # fmt: skip
     if check_images == "none":
         return
-    where: dict[str, tuple[int, str]] = {}  # image path -> its first (record, field)
+    where: dict[str, tuple[int, int, str]] = {}  # image path -> its first (record, position in it, field)
     for i, (qi, pi, negs) in enumerate(df.select("query_image", "pos_image", "hard_negatives").iter_rows()):
-        for path, field in ((qi, "query_image"), (pi, "pos_image"),
-                            *((n[1], f"hard_negatives[{j}]") for j, n in enumerate(negs))):  # fmt: skip
+        fields = [(qi, "query_image"), (pi, "pos_image"), *((n[1], f"hard_negatives[{j}]") for j, n in enumerate(negs))]
+        for pos, (path, field) in enumerate(fields):
             if path and path not in where:
-                where[path] = (i, field)
+                where[path] = (i, pos, field)
     bad = image_problems(pl.Series(list(where), dtype=pl.String), image_root, check_images, resolve_image_path)
     if bad.height:
-        first = min(bad.iter_rows(named=True), key=lambda r: where[r["path"]])
-        i, field = where[first["path"]]
+        first = min(bad.iter_rows(named=True), key=lambda r: where[r["path"]][:2])
+        i, _, field = where[first["path"]]
         raise _fail(file, i, field, f"image {first['path']!r}: {first['reason']} ({first['detail']}); "
                     f"{bad.height} image(s) fail the {check_images!r} check under {image_root}")  # fmt: skip
 

@@ -52,15 +52,16 @@ def index_digest(candidates: pl.DataFrame) -> str:
 INDEX_DIGEST = "index_digest"  # the column that carries it
 
 
-def check_same_index(table: pl.DataFrame, candidates: pl.DataFrame, name: str) -> None:
+def check_same_index(table: pl.DataFrame, candidates: pl.DataFrame | str, name: str) -> None:
     """Raise naming `name` (e.g. "candidate_pool[SynColor]") when `table` was built on another index
-    than `candidates` (the current one): rebuilding the index renumbers cand_ids, so its ids would
-    silently name other candidates."""
+    than `candidates` (the current one's table, or its digest): rebuilding the index renumbers cand_ids,
+    so its ids would silently name other candidates."""
     if table.is_empty():
         return
     if INDEX_DIGEST not in table.columns:
         raise ValueError(f"{name} predates candidate-index digests (no {INDEX_DIGEST} column): re-materialize it")
-    current, stored = index_digest(candidates), set(table[INDEX_DIGEST].unique().to_list())
+    current = candidates if isinstance(candidates, str) else index_digest(candidates)
+    stored = set(table[INDEX_DIGEST].unique().to_list())
     if stored != {current}:
         raise ValueError(
             f"{name} was built on another candidate index than the current one (its cand_ids number other "

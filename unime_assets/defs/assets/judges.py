@@ -37,7 +37,7 @@ def judge_scores_asset(name: str) -> dg.AssetsDefinition:
         from unime_assets.defs.assets.models import check_judge_family
         from unime_assets.judging import PROMPT_VERSION, score_candidate_pool, score_quality
         from unime_assets.judging.shards import shard_folder
-        from unime_assets.retrieval import check_same_index
+        from unime_assets.retrieval import INDEX_DIGEST, check_same_index, index_digest
 
         s = settings.get()
         subset = context.partition_key
@@ -75,6 +75,8 @@ def judge_scores_asset(name: str) -> dg.AssetsDefinition:
                                           share_prefix=j.share_prefix, image_cache_mb=j.image_cache_mb,
                                           vllm_options=j.vllm_options(), dtype=spec.dtype,
                                           on_shard=on_shard)  # fmt: skip
+            # aligned with the pool's cand_ids, so they carry the index that numbers them (mined_negatives checks)
+            df = df.with_columns(pl.lit(index_digest(candidate_index), pl.String).alias(INDEX_DIGEST))
             pos = df["pos_score"].to_numpy()
             cands = [np.asarray(c) for c in df["cand_scores"].to_list()]
             quality = score_quality(pos, cands)
@@ -167,6 +169,7 @@ def judge_ensemble_asset(judges: list[str]) -> dg.AssetsDefinition:
     def judge_ensemble(context: dg.AssetExecutionContext, candidate_pool: pl.DataFrame, settings: SettingsResource,
                        mlflow: MlflowResource, **scores: pl.DataFrame):  # fmt: skip
         from unime_assets.judging import agreement, align_tables, combine, score_quality, to_table
+        from unime_assets.retrieval import INDEX_DIGEST, check_same_index
 
         s = settings.get()
         check_partition(s, context.partition_key, "train")
@@ -176,6 +179,11 @@ def judge_ensemble_asset(judges: list[str]) -> dg.AssetsDefinition:
                              "with the same settings file")  # fmt: skip
         if empty := [n for n in names if scores[scores_input(n)].is_empty()]:
             raise ValueError(f"judge_ensemble[{context.partition_key}]: judge_scores of {empty} not materialized")
+        digest = candidate_pool[INDEX_DIGEST][0] if INDEX_DIGEST in candidate_pool.columns and candidate_pool.height \
+            else None  # fmt: skip
+        for n in names:  # scores of an older pool are aligned with other cand_ids
+            if digest is not None:
+                check_same_index(scores[scores_input(n)], digest, f"judge_scores/{n}[{context.partition_key}]")
         pair_ids, rows = align_tables({n: scores[scores_input(n)] for n in names})
         if pair_ids != candidate_pool["pair_id"].to_list():
             raise ValueError("judge_ensemble: judge scores do not match candidate_pool rows (re-materialize them)")
@@ -183,6 +191,8 @@ def judge_ensemble_asset(judges: list[str]) -> dg.AssetsDefinition:
         aucs = _held_out_aucs(context, names) if rule == "auc_weighted" else {}
         combined = combine(rows, rule, aucs)
         df = to_table(pair_ids, combined)
+        if digest is not None:
+            df = df.with_columns(pl.lit(digest, pl.String).alias(INDEX_DIGEST))
         flags = {n: _filter_flags(s, r, candidate_pool) for n, r in rows.items()}
         agree = agreement(rows, flags)
         ens_quality = score_quality(df["pos_score"].to_numpy(), [np.asarray(c) for c in df["cand_scores"].to_list()])

@@ -101,6 +101,12 @@ def candidate_pool(context: dg.AssetExecutionContext, mmeb_train: pl.DataFrame, 
                                                 str(s.train_image_root), cache_dir=s.asset_dir("embedding_cache"),
                                                 top_k=r.top_k, batch_size=r.batch_size, chunk=r.search_chunk,
                                                 use_gpu=r.use_gpu, nprobe=r.nprobe, ef_search=r.ef_search)  # fmt: skip
+        from unime_assets.retrieval import INDEX_DIGEST, index_digest
+
+        if pool.height and pool[INDEX_DIGEST][0] != index_digest(candidate_index):  # searched != the stored table
+            raise ValueError(f"candidate_index: the index folder {s.asset_dir('candidate_index')} and the stored "
+                             "candidate table differ (its last materialization did not finish): re-materialize "
+                             "candidate_index")  # fmt: skip
         n_kept = pool["cand_ids"].list.len()
         stats = {**stats, "queries": pool.height, "mean_candidates": float(n_kept.mean()),
                  "min_candidates": int(n_kept.min()), "mean_pos_sim": float(pool["pos_sim"].mean())}  # fmt: skip
@@ -131,6 +137,7 @@ def mined_negatives_asset(judges: list[str]) -> dg.AssetsDefinition:
         check_partition(s, context.partition_key, "train")
         check_same_index(candidate_pool, candidate_index, f"candidate_pool[{context.partition_key}]")
         source, key, judge_scores = scores_for_mining(s, scores, context.partition_key)
+        check_same_index(judge_scores, candidate_index, f"{key}[{context.partition_key}]")
         m = s.mining
         with mlflow.run(context) as run:
             run.log_params({**m.model_dump(), "judge": source, **upstream_run_ids(context, [key])})
