@@ -48,13 +48,13 @@ def training_set_for(settings, train: pl.DataFrame, candidates: pl.DataFrame, po
                      scores: Mapping[str, pl.DataFrame]) -> pl.DataFrame:  # fmt: skip
     """What `mined_negatives` and `training_set` build, with the variant's mining settings."""
     from unime_assets.mining import mine_table
-    from unime_assets.retrieval import check_same_index
+    from unime_assets.retrieval import check_same_index, index_digest
     from unime_assets.training.data import build_training_set
 
-    mined = []
+    mined, current = [], index_digest(candidates)
     for subset, js in scores.items():
-        check_same_index(pools[subset], candidates, f"candidate_pool[{subset}]")
-        check_same_index(js, candidates, f"judge scores of {subset} ({settings.mining_judge})")
+        check_same_index(pools[subset], current, f"candidate_pool[{subset}]")
+        check_same_index(js, current, f"judge scores of {subset} ({settings.mining_judge})")
         df = mine_table(js, pools[subset], settings.mining, n_pool=candidates.height)
         mined.append(df.with_columns(pl.Series("pos_score", js["pos_score"], pl.Float64)))
     table = pl.concat(mined)

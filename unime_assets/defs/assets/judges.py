@@ -42,7 +42,8 @@ def judge_scores_asset(name: str) -> dg.AssetsDefinition:
         s = settings.get()
         subset = context.partition_key
         check_partition(s, subset, "train")
-        check_same_index(candidate_pool, candidate_index, f"candidate_pool[{subset}]")
+        current = index_digest(candidate_index)
+        check_same_index(candidate_pool, current, f"candidate_pool[{subset}]")
         spec, path = s.judge_spec(name), s.judge_checkpoint(name)
         family = check_judge_family(spec, path)
         n_pairs = candidate_pool.height + int(candidate_pool["cand_ids"].list.len().sum())
@@ -76,7 +77,7 @@ def judge_scores_asset(name: str) -> dg.AssetsDefinition:
                                           vllm_options=j.vllm_options(), dtype=spec.dtype,
                                           on_shard=on_shard)  # fmt: skip
             # aligned with the pool's cand_ids, so they carry the index that numbers them (mined_negatives checks)
-            df = df.with_columns(pl.lit(index_digest(candidate_index), pl.String).alias(INDEX_DIGEST))
+            df = df.with_columns(pl.lit(current, pl.String).alias(INDEX_DIGEST))
             pos = df["pos_score"].to_numpy()
             cands = [np.asarray(c) for c in df["cand_scores"].to_list()]
             quality = score_quality(pos, cands)
@@ -181,8 +182,8 @@ def judge_ensemble_asset(judges: list[str]) -> dg.AssetsDefinition:
             raise ValueError(f"judge_ensemble[{context.partition_key}]: judge_scores of {empty} not materialized")
         digest = candidate_pool[INDEX_DIGEST][0] if INDEX_DIGEST in candidate_pool.columns and candidate_pool.height \
             else None  # fmt: skip
-        for n in names:  # scores of an older pool are aligned with other cand_ids
-            if digest is not None:
+        if digest is not None:  # scores of an older pool are aligned with other cand_ids
+            for n in names:
                 check_same_index(scores[scores_input(n)], digest, f"judge_scores/{n}[{context.partition_key}]")
         pair_ids, rows = align_tables({n: scores[scores_input(n)] for n in names})
         if pair_ids != candidate_pool["pair_id"].to_list():

@@ -135,9 +135,10 @@ def mined_negatives_asset(judges: list[str]) -> dg.AssetsDefinition:
 
         s = settings.get()
         check_partition(s, context.partition_key, "train")
-        check_same_index(candidate_pool, candidate_index, f"candidate_pool[{context.partition_key}]")
+        current = index_digest(candidate_index)
+        check_same_index(candidate_pool, current, f"candidate_pool[{context.partition_key}]")
         source, key, judge_scores = scores_for_mining(s, scores, context.partition_key)
-        check_same_index(judge_scores, candidate_index, f"{key}[{context.partition_key}]")
+        check_same_index(judge_scores, current, f"{key}[{context.partition_key}]")
         m = s.mining
         with mlflow.run(context) as run:
             run.log_params({**m.model_dump(), "judge": source, **upstream_run_ids(context, [key])})
@@ -146,7 +147,7 @@ def mined_negatives_asset(judges: list[str]) -> dg.AssetsDefinition:
             # ... and the index its cand_ids number, which training_set checks against the current one.
             df = df.with_columns(pl.Series("pos_score", judge_scores["pos_score"], pl.Float64),
                                  pl.lit(source, pl.String).alias("judge"),
-                                 pl.lit(index_digest(candidate_index), pl.String).alias(INDEX_DIGEST))  # fmt: skip
+                                 pl.lit(current, pl.String).alias(INDEX_DIGEST))  # fmt: skip
             kept, dropped = kept_and_dropped(judge_scores, candidate_pool, m)
             stats = {"queries": df.height, "fallback_fraction": float(df["fallback"].mean()),
                      "mean_survivors": float(df["n_survivors"].mean()),
@@ -248,10 +249,11 @@ def training_set(context: dg.AssetExecutionContext, mmeb_train: dict[str, pl.Dat
                 raise ValueError(
                     "training_data.source is 'mined' but no mined_negatives partition is materialized"
                 )
-            from unime_assets.retrieval import check_same_index
+            from unime_assets.retrieval import check_same_index, index_digest
 
+            current = index_digest(candidate_index)
             for part, mined_part in mined_negatives.items():
-                check_same_index(mined_part, candidate_index, f"mined_negatives[{part}]")
+                check_same_index(mined_part, current, f"mined_negatives[{part}]")
             mined = concat_partitions(mined_negatives)
             if "pos_score" not in mined.columns:
                 raise ValueError("mined_negatives partitions predate judge selection (no pos_score column); "
