@@ -8,7 +8,7 @@ reordered listwise (greedy answer, first "(n)") or pairwise (each candidate by P
 Modules: `prompts` (listwise prompt and messages), `sft` (training examples and label masks),
 `rerank` (reranking at evaluation, the image budget).
 
-Public functions: `reranker_examples`, `sft_batch`, `sft_text`, `listwise_messages`,
+Public functions: `reranker_examples`, `sft_batch`, `collate_sft`, `sft_text`, `listwise_messages`,
 `listwise_answer`, `rerank_listwise`, `rerank_pairwise`.
 """
 
@@ -33,6 +33,7 @@ from unime_assets.reranking.sft import (
     PAIRWISE_PROMPTS,
     SLOT_DRAWS,
     SFTExample,
+    collate_sft,
     listwise_slot,
     reranker_examples,
     sft_batch,
@@ -50,6 +51,7 @@ __all__ = [
     "TRAIN_PAIRWISE_PROMPT",
     "MaxPixels",
     "SFTExample",
+    "collate_sft",
     "images_of",
     "listwise_answer",
     "listwise_messages",

@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from transformers import BatchFeature
 
 from unime_assets.judging.prompt import PAIRWISE_PROMPT, pairwise_messages
 from unime_assets.models.encoding import Item
@@ -169,3 +171,35 @@ def sft_batch(processor, examples: Sequence[SFTExample], images: Callable[[str],
         labels[r, begin:end] = ids[r, begin:end]
     batch["labels"] = labels
     return batch
+
+
+# Per-token tensors of a processor batch and what padding holds in each; every other tensor (pixel values,
+# image grids) is per image and concatenated in order.
+_TOKEN_PADDING = {"input_ids": None, "attention_mask": 0, "labels": -100, "mm_token_type_ids": 0, "token_type_ids": 0}
+
+
+def collate_sft(encoded: Sequence[dict[str, torch.Tensor]], pad_token_id: int, padding_side: str) -> BatchFeature:
+    """One batch from single-example `sft_batch` outputs: per-token tensors padded to the longest row on
+    `padding_side` (input ids with `pad_token_id`, labels with -100, masks with 0), per-image tensors
+    concatenated in example order. Equal to `sft_batch` of the same examples (a tokenizer pads each
+    sequence on its own; the image processor handles each image on its own), without re-running the chat
+    template, the image processing and the tokenizer for an example drawn again."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding side {padding_side!r}; expected 'left' or 'right'")
+    width = max(int(e["input_ids"].shape[1]) for e in encoded)
+    keys = list(dict.fromkeys(k for e in encoded for k in e))
+    out: dict[str, torch.Tensor] = {}
+    for key in keys:
+        parts = [e[key] for e in encoded if key in e]
+        if key not in _TOKEN_PADDING:
+            out[key] = torch.cat(parts)
+            continue
+        if len(parts) != len(encoded):
+            raise ValueError(f"collate_sft: {key!r} is missing from some examples")
+        value = pad_token_id if key == "input_ids" else _TOKEN_PADDING[key]
+        rows = []
+        for t in parts:
+            gap = width - int(t.shape[1])
+            rows.append(F.pad(t, (gap, 0) if padding_side == "left" else (0, gap), value=value))
+        out[key] = torch.cat(rows)
+    return BatchFeature(out)
