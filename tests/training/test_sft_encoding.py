@@ -30,7 +30,7 @@ def examples(settings):
 
 
 def _assert_equal(got, want) -> None:
-    assert list(got.keys()) == list(want.keys())
+    assert sorted(got.keys()) == sorted(want.keys())  # the model takes them by name
     for key in want:
         assert got[key].dtype == want[key].dtype, key
         assert torch.equal(got[key], want[key]), key
@@ -48,7 +48,9 @@ def test_collated_batches_equal_sft_batch(settings, examples, tiny_qwen25vl, tin
         batches = EncodedExamples(proc, examples, images, mask, budget_bytes=budget)
         rng = random.Random(0)
         text_only = [i for i, e in enumerate(examples) if not e.images]
-        draws = [rng.sample(range(len(examples)), 5) for _ in range(6)] + [text_only[:3], [0, 0, 1]]
+        with_image = next(i for i, e in enumerate(examples) if e.images)
+        draws = [rng.sample(range(len(examples)), 5) for _ in range(6)]
+        draws += [text_only[:3], [text_only[0], with_image], [0, 0, 1]]
         for ids in draws:  # drawn again: some from the kept encodings, some encoded anew
             _assert_equal(batches(ids), sft_batch(proc, [examples[i] for i in ids], images, mask))
         assert 0 < len(batches.kept) < len(examples) and batches.used <= budget
