@@ -63,7 +63,7 @@ def train_sft(
                             lora=lora, checkpoint=checkpoint, identity=identity)
 
 
-# What one rank keeps of encoded SFT examples (the embedded judge's 2,280: ~235 MiB, mostly pixel values).
+# What one rank keeps of encoded SFT examples (the embedded judge's 2,280: 236 MiB, mostly pixel values).
 ENCODED_BUDGET_BYTES = 1 << 30
 
 
