@@ -74,8 +74,8 @@ class EncodedExamples:
     the chat template, the image processing and the tokenizer at every draw (10-13 % of a judge step on
     CPU). Each example is encoded alone (`sft_batch` of one) and kept while the encodings fit in
     `budget_bytes`; a batch is then padded and concatenated from them (reranking.collate_sft), which
-    gives `sft_batch`'s tensors exactly (tests/training/test_sft_encoding.py). Budget 0: keep none (a
-    run that draws each example about once, as the official single reranker epoch does)."""
+    gives `sft_batch`'s tensors exactly (tests/training/test_sft_encoding.py). Budget 0: keep none and build
+    each batch whole (a run that draws each example about once, as the official single reranker epoch does)."""
 
     def __init__(self, processor, examples: Sequence[SFTExample], images, label_mask: str, *,
                  budget_bytes: int) -> None:  # fmt: skip
@@ -93,6 +93,8 @@ class EncodedExamples:
         return enc
 
     def __call__(self, ids: Sequence[int]):
+        if not self.budget:  # nothing will be kept: one processor call for the batch is cheaper than one per example
+            return sft_batch(self.processor, [self.examples[i] for i in ids], self.images, self.label_mask)
         tok = self.processor.tokenizer
         return collate_sft([self._encode(i) for i in ids], tok.pad_token_id, tok.padding_side)
 
